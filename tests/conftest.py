@@ -1,0 +1,69 @@
+"""Shared test helpers: repo paths and an independent integer model of the spec's size rules."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+
+def out_i(n, k, s, p):
+    """Conv/pool output size, or None where PyTorch raises (written independently of unetc)."""
+    if n is None or n + 2 * p < k:
+        return None
+    return (n + 2 * p - k) // s + 1
+
+
+def out_t_i(n, k, s, p):
+    if n is None:
+        return None
+    v = (n - 1) * s + k - 2 * p
+    return v if v >= 1 else None
+
+
+def spec_truth(c: dict, n: int) -> dict[str, bool]:
+    """For one axis of size n: which of the spec's hypotheses hold, with every layer on the way defined."""
+    conv = (c["conv_kernel"], c["conv_stride"], c["conv_padding"])
+    full_ok = out_i(n, *conv) is not None
+    d = out_i(n, c["pool_kernel"], c["pool_stride"], 0) if full_ok else None
+    low = out_i(d, *conv)
+    u = out_t_i(d, c["up_kernel"], c["up_stride"], c["up_padding"]) if low is not None else None
+    head = out_i(n, c["head_kernel"], c["head_stride"], c["head_padding"]) if u is not None else None
+    return {
+        "conv": full_ok and out_i(n, *conv) == n,
+        "conv_down": low is not None and low == d,
+        "up": u is not None and u == n,
+        "out": head is not None and head == n,
+    }
+
+
+GEOMETRY_KEYS = ["pool_kernel", "pool_stride", "conv_kernel", "conv_stride", "conv_padding",
+                 "up_kernel", "up_stride", "up_padding", "head_kernel", "head_stride", "head_padding"]
+
+
+def random_geometry(rng: random.Random) -> dict:
+    """Kernels 1-7, strides 1-4, paddings 0-3 (biased towards size-preserving choices)."""
+    c = {}
+    for key in GEOMETRY_KEYS:
+        if key.endswith("kernel"):
+            c[key] = rng.randint(1, 7)
+        elif key.endswith("stride"):
+            c[key] = rng.choice([1, 1, 2, 2, 3, 4])
+        else:
+            c[key] = rng.randint(0, 3)
+    if rng.random() < 0.5:  # make the convs size-preserving half of the time
+        c["conv_kernel"] = rng.choice([1, 3, 5, 7]); c["conv_stride"] = 1; c["conv_padding"] = c["conv_kernel"] // 2
+        c["head_kernel"] = rng.choice([1, 3]); c["head_stride"] = 1; c["head_padding"] = c["head_kernel"] // 2
+    return c
+
+
+@pytest.fixture
+def tmp_config(tmp_path):
+    def write(text: str, name: str = "cfg.yaml") -> Path:
+        p = tmp_path / name
+        p.write_text(text)
+        return p
+    return write

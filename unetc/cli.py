@@ -1,0 +1,75 @@
+"""The command line: ``unetc check`` and ``unetc emit``. The only place that turns UnetcError
+into a one-line message and an exit code (0 ok, 1 a hypothesis fails, 2 bad config or usage)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from .errors import UnetcError, UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, no usage dump
+        raise UsageError(message)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="unetc", description="Shape checker and code generator for a 2-level U-Net.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    c = sub.add_parser("check", help="prove or refute the shape hypotheses of a config")
+    c.add_argument("config", nargs="?", help="YAML config (default: the bundled default config)")
+    c.add_argument("--size", help="bind the input size, e.g. 128x128 (overrides in_h/in_w)")
+    c.add_argument("--json", action="store_true", help="print one JSON object")
+    e = sub.add_parser("emit", help="emit specialised forward/backward code for a config")
+    e.add_argument("config", nargs="?", help="YAML config (default: the bundled default config)")
+    e.add_argument("--target", required=True, choices=["numpy", "c"], help="code generation target")
+    e.add_argument("--size", help="bind the input size, e.g. 128x128 (overrides in_h/in_w)")
+    e.add_argument("-o", "--out", default="generated", help="output directory (default: generated/)")
+    e.add_argument("--testbench", action="store_true", help="C target: also write <name>_main.c")
+    return p
+
+
+def _load(args):
+    from . import config as cfgmod
+
+    cfg = cfgmod.load(args.config)
+    if args.size:
+        cfg = cfg.with_sizes(*cfgmod.parse_size(args.size))
+    return cfg
+
+
+def cmd_check(args) -> int:
+    from .checker import check
+    from .report import to_json, to_text
+
+    report = check(_load(args))
+    print(json.dumps(to_json(report), indent=2) if args.json else to_text(report))
+    return 0 if report.ok else 1
+
+
+def cmd_emit(args) -> int:
+    from .emitter import emit
+
+    paths = emit(_load(args), args.target, args.out, testbench=args.testbench)
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``unetc`` console script; returns the exit status."""
+    try:
+        args = _parser().parse_args(argv)
+        return {"check": cmd_check, "emit": cmd_emit}[args.command](args)
+    except UnetcError as err:
+        print(f"unetc: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("unetc: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

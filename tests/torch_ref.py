@@ -1,0 +1,84 @@
+"""The PyTorch oracle: the spec's network as torch.nn layers, float64 autograd, and the config
+matrix every target is tested on. Only tests import this (torch is never a runtime dependency)."""
+from __future__ import annotations
+
+import numpy as np
+
+from unetc.config import Config
+
+# default-like + the non-default geometries every target must match PyTorch on
+CONFIG_MATRIX = {
+    "default": Config(name="m_default", in_c=3, out_c=2, in_h=8, in_w=8, base_c=4),
+    "conv5": Config(name="m_conv5", in_c=2, out_c=1, in_h=8, in_w=10, base_c=3, conv_kernel=5, conv_padding=2),
+    "head3": Config(name="m_head3", in_c=1, out_c=3, in_h=6, in_w=8, base_c=4, head_kernel=3, head_padding=1),
+    "pool3_up3": Config(name="m_pool3", in_c=2, out_c=2, in_h=9, in_w=12, base_c=3,
+                        pool_kernel=3, pool_stride=3, up_kernel=3, up_stride=3),
+    "pool3s2_up3s2_odd": Config(name="m_pool3s2", in_c=1, out_c=2, in_h=9, in_w=7, base_c=3,
+                                pool_kernel=3, pool_stride=2, up_kernel=3, up_stride=2),
+    "overlap_pool": Config(name="m_overlap", in_c=2, out_c=2, in_h=7, in_w=6, base_c=3,
+                           pool_kernel=3, pool_stride=1, up_kernel=3, up_stride=1),
+    "up_padding": Config(name="m_uppad", in_c=1, out_c=1, in_h=8, in_w=6, base_c=3,
+                         up_kernel=4, up_stride=2, up_padding=1),
+    "odd_channels_hw": Config(name="m_odd", in_c=5, out_c=3, in_h=10, in_w=6, base_c=5),
+    "spec_pool": Config(name="m_specpool", in_c=2, out_c=2, in_h=8, in_w=6, base_c=3, maxpool_backward="spec"),
+}
+
+
+def torch_module(cfg: Config):
+    """An nn.Module with the spec's layers and state_dict names (float64)."""
+    import torch
+    from torch import nn
+
+    b = cfg.base_c
+    conv = dict(kernel_size=cfg.conv_kernel, stride=cfg.conv_stride, padding=cfg.conv_padding)
+
+    class UNet2(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.down1_1 = nn.Conv2d(cfg.in_c, b, **conv)
+            self.down1_2 = nn.Conv2d(b, b, **conv)
+            self.down2_1 = nn.Conv2d(b, 2 * b, **conv)
+            self.down2_2 = nn.Conv2d(2 * b, 2 * b, **conv)
+            self.upT = nn.ConvTranspose2d(2 * b, b, cfg.up_kernel, cfg.up_stride, cfg.up_padding)
+            self.up1_1 = nn.Conv2d(2 * b, b, **conv)
+            self.up1_2 = nn.Conv2d(b, b, **conv)
+            self.out1x1 = nn.Conv2d(b, cfg.out_c, cfg.head_kernel, cfg.head_stride, cfg.head_padding)
+
+        def forward(self, x):
+            r = torch.relu
+            skip1 = r(self.down1_2(r(self.down1_1(x))))
+            pooled = nn.functional.max_pool2d(skip1, cfg.pool_kernel, cfg.pool_stride)
+            bottleneck = r(self.down2_2(r(self.down2_1(pooled))))
+            merged = torch.cat([skip1, self.upT(bottleneck)], dim=1)
+            return self.out1x1(r(self.up1_2(r(self.up1_1(merged)))))
+
+    return UNet2().double()
+
+
+def torch_reference(cfg: Config, params: dict, x: np.ndarray, grad_y: np.ndarray):
+    """(y, grads, grad_x) by PyTorch autograd in float64, inputs (C, H, W) without batch axis.
+    Note: PyTorch's max-pool backward rule (first maximal element), whatever cfg says."""
+    import torch
+
+    m = torch_module(cfg)
+    m.load_state_dict({k: torch.tensor(np.asarray(v, dtype=np.float64)) for k, v in params.items()})
+    xt = torch.tensor(np.asarray(x, dtype=np.float64)[None], requires_grad=True)
+    y = m(xt)
+    y.backward(torch.tensor(np.asarray(grad_y, dtype=np.float64)[None]))
+    grads = {k: p.grad.numpy() for k, p in m.named_parameters()}
+    return y.detach().numpy()[0], grads, xt.grad.numpy()[0]
+
+
+def random_inputs(mod, seed: int = 0):
+    """params (from the module's init_params), x and grad_y of the module's dtype."""
+    rng = np.random.default_rng(seed + 1)
+    params = mod.init_params(seed)
+    x = rng.standard_normal(mod.IN_SHAPE).astype(mod.DTYPE)
+    gy = rng.standard_normal(mod.OUT_SHAPE).astype(mod.DTYPE)
+    return params, x, gy
+
+
+def rel_err(a, b) -> float:
+    """max |a - b| / max(|b|, tiny): relative to the reference's scale."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))

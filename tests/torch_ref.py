@@ -47,7 +47,10 @@ def torch_module(cfg: Config):
         def forward(self, x):
             r = torch.relu
             skip1 = r(self.down1_2(r(self.down1_1(x))))
-            pooled = nn.functional.max_pool2d(skip1, cfg.pool_kernel, cfg.pool_stride)
+            if cfg.maxpool_backward == "spec":
+                pooled = spec_pool(skip1, cfg.pool_kernel, cfg.pool_stride)
+            else:
+                pooled = nn.functional.max_pool2d(skip1, cfg.pool_kernel, cfg.pool_stride)
             bottleneck = r(self.down2_2(r(self.down2_1(pooled))))
             merged = torch.cat([skip1, self.upT(bottleneck)], dim=1)
             return self.out1x1(r(self.up1_2(r(self.up1_1(merged)))))
@@ -55,9 +58,48 @@ def torch_module(cfg: Config):
     return UNet2().double()
 
 
+def spec_select(window: np.ndarray) -> tuple[int, int]:
+    """Direct transcription of SPEC.md's max-pool selection rule for one k x k window."""
+    best = (0, 0)
+    for r in range(window.shape[0]):
+        v = window[best]
+        pick = best
+        for c in range(window.shape[1]):
+            if window[r, c] > v:
+                pick = (r, c)
+        best = pick
+    return best
+
+
+def spec_pool(x, k: int, s: int):
+    """torch max-pool whose backward routes by :func:`spec_select` (loops; tiny inputs only)."""
+    import torch
+
+    class SpecPool(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, inp):
+            ctx.save_for_backward(inp)
+            return torch.nn.functional.max_pool2d(inp, k, s)
+
+        @staticmethod
+        def backward(ctx, g):
+            (inp,) = ctx.saved_tensors
+            xa, ga = inp.detach().numpy(), g.numpy()
+            dx = np.zeros_like(xa)
+            for n in range(xa.shape[0]):
+                for c in range(xa.shape[1]):
+                    for i in range(ga.shape[2]):
+                        for j in range(ga.shape[3]):
+                            r, q = spec_select(xa[n, c, i * s:i * s + k, j * s:j * s + k])
+                            dx[n, c, i * s + r, j * s + q] += ga[n, c, i, j]
+            return torch.tensor(dx)
+
+    return SpecPool.apply(x)
+
+
 def torch_reference(cfg: Config, params: dict, x: np.ndarray, grad_y: np.ndarray):
     """(y, grads, grad_x) by PyTorch autograd in float64, inputs (C, H, W) without batch axis.
-    Note: PyTorch's max-pool backward rule (first maximal element), whatever cfg says."""
+    ``maxpool_backward: spec`` uses :func:`spec_pool` (the spec's routing, transcribed)."""
     import torch
 
     m = torch_module(cfg)

@@ -105,11 +105,19 @@ def _windows(x, k, s, ho, wo):
 
 
 def _im2col(x, k, s, p, ho, wo):
-    """(C, H, W) -> (C*k*k, ho*wo) columns of the zero-padded input."""
+    """(C, H, W) -> (C*k*k, ho*wo) columns of the zero-padded input (one copy, no temporaries)."""
+    c, h, w = x.shape
+    if k == 1 and s == 1 and p == 0:
+        return x.reshape(c, h * w)
     if p:
-        x = np.pad(x, ((0, 0), (p, p), (p, p)))
-    cols = _windows(x, k, s, ho, wo)  # (k*k, C, ho, wo)
-    return cols.transpose(1, 0, 2, 3).reshape(x.shape[0] * k * k, ho * wo)
+        xp = np.zeros((c, h + 2 * p, w + 2 * p), dtype=x.dtype)
+        xp[:, p:p + h, p:p + w] = x
+        x = xp
+    cols = np.empty((c, k, k, ho, wo), dtype=x.dtype)
+    for i in range(k):
+        for j in range(k):
+            cols[:, i, j] = x[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s]
+    return cols.reshape(c * k * k, ho * wo)
 
 
 def _col2im(cols, c, hp, wp, k, s, ho, wo):

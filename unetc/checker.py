@@ -131,12 +131,18 @@ def _concrete_verdict(eq: Equation, sym, value: int, reqs: list[Requirement], ax
 
 
 def _layers(cfg: Config) -> list[Layer]:
+    """The layer table; at concrete sizes it stops at the first undefined layer."""
     g = build(cfg)
     rows = []
     for op in g.ops:
         n_params = sum(int(sp.prod(s)) for s in op.params().values())
-        ins = [str(tuple(g.shapes[t])) for t in op.inputs]
-        rows.append(Layer(op.name, op.describe(), ins, str(tuple(g.raw[op.output])), n_params))
+        in_shapes = [g.shapes[t] for t in op.inputs]
+        ins = [str(tuple(s)) for s in in_shapes]
+        bad = [r for r in op.requirements(in_shapes) if r.expr.is_number and r.expr < r.bound]
+        out = f"undefined: {bad[0].what} fails" if bad else str(tuple(g.raw[op.output]))
+        rows.append(Layer(op.name, op.describe(), ins, out, n_params))
+        if bad:
+            break
     return rows
 
 
@@ -163,11 +169,5 @@ def check(cfg: Config) -> Report:
             status, lhs, rhs, msg = _concrete_verdict(eq, sym, value, reqs, axis_sets[eq.axis], s)
             constraints.append(Constraint(eq.name, eq.layer, eq.axis, status, lhs, rhs, s, msg))
     report = Report(cfg, constraints, axis_sets, [], concrete)
-    if report.ok or not cfg.symbolic and any(c.status == "violated" for c in constraints):
-        report.layers = _layers(cfg) if _defined(cfg, constraints) else []
+    report.layers = _layers(cfg)
     return report
-
-
-def _defined(cfg: Config, constraints: list[Constraint]) -> bool:
-    """Whether every layer is defined at the config's sizes (always True when symbolic)."""
-    return not any(c.lhs == "undefined" for c in constraints)

@@ -130,14 +130,20 @@ def _col2im(cols, c, hp, wp, k, s, ho, wo):
     return out
 
 
-def _conv2d(x, w, b, k, s, p, ho, wo):
-    y = w.reshape(w.shape[0], -1) @ _im2col(x, k, s, p, ho, wo)
+def _conv2d(x, w, b, k, s, p, ho, wo, cache=None, key=None):
+    """Convolution; with a cache dict, keeps the columns for _conv2d_grad_weight."""
+    cols = _im2col(x, k, s, p, ho, wo)
+    if cache is not None:
+        cache[key] = cols
+    y = w.reshape(w.shape[0], -1) @ cols
     return (y + b[:, None]).reshape(w.shape[0], ho, wo)
 
 
-def _conv2d_grad_weight(x, dy, k, s, p):
+def _conv2d_grad_weight(x, dy, k, s, p, cols=None):
     o, ho, wo = dy.shape
-    return (dy.reshape(o, -1) @ _im2col(x, k, s, p, ho, wo).T).reshape(o, x.shape[0], k, k)
+    if cols is None:
+        cols = _im2col(x, k, s, p, ho, wo)
+    return (dy.reshape(o, -1) @ cols.T).reshape(o, x.shape[0], k, k)
 
 
 def _conv2d_grad_input(dy, w, k, s, p, in_shape):
@@ -198,24 +204,25 @@ def _maxpool2d_grad_spec(x, dy, k, s):
 
 # ---- the network ----
 
-def _forward(p, x):
-    """Forward pass; returns y and the intermediates the backward pass reads."""
-    z1 = _conv2d(x, p["down1_1.weight"], p["down1_1.bias"], 3, 1, 1, 16, 12)
+def _forward(p, x, cache=None):
+    """Forward pass; returns y and the intermediates the backward pass reads (and, with a
+    cache dict, each convolution's input columns)."""
+    z1 = _conv2d(x, p["down1_1.weight"], p["down1_1.bias"], 3, 1, 1, 16, 12, cache, "down1_1")
     s1 = np.maximum(z1, 0)
-    z2 = _conv2d(s1, p["down1_2.weight"], p["down1_2.bias"], 3, 1, 1, 16, 12)
+    z2 = _conv2d(s1, p["down1_2.weight"], p["down1_2.bias"], 3, 1, 1, 16, 12, cache, "down1_2")
     skip1 = np.maximum(z2, 0)
     pooled = _windows(skip1, 2, 2, 8, 6).max(axis=0)
-    z3 = _conv2d(pooled, p["down2_1.weight"], p["down2_1.bias"], 3, 1, 1, 8, 6)
+    z3 = _conv2d(pooled, p["down2_1.weight"], p["down2_1.bias"], 3, 1, 1, 8, 6, cache, "down2_1")
     b1 = np.maximum(z3, 0)
-    z4 = _conv2d(b1, p["down2_2.weight"], p["down2_2.bias"], 3, 1, 1, 8, 6)
+    z4 = _conv2d(b1, p["down2_2.weight"], p["down2_2.bias"], 3, 1, 1, 8, 6, cache, "down2_2")
     bottleneck = np.maximum(z4, 0)
     up = _conv_transpose2d(bottleneck, p["upT.weight"], p["upT.bias"], 2, 2, 0, 16, 12)
     merged = np.concatenate((skip1, up), axis=0)
-    z5 = _conv2d(merged, p["up1_1.weight"], p["up1_1.bias"], 3, 1, 1, 16, 12)
+    z5 = _conv2d(merged, p["up1_1.weight"], p["up1_1.bias"], 3, 1, 1, 16, 12, cache, "up1_1")
     u1 = np.maximum(z5, 0)
-    z6 = _conv2d(u1, p["up1_2.weight"], p["up1_2.bias"], 3, 1, 1, 16, 12)
+    z6 = _conv2d(u1, p["up1_2.weight"], p["up1_2.bias"], 3, 1, 1, 16, 12, cache, "up1_2")
     u2 = np.maximum(z6, 0)
-    y = _conv2d(u2, p["out1x1.weight"], p["out1x1.bias"], 1, 1, 0, 16, 12)
+    y = _conv2d(u2, p["out1x1.weight"], p["out1x1.bias"], 1, 1, 0, 16, 12, cache, "out1x1")
     return y, (z1, s1, z2, skip1, pooled, z3, b1, z4, bottleneck, merged, z5, u1, z6, u2,)
 
 
@@ -234,16 +241,17 @@ def backward(params, x, grad_output):
     _check_array("grad_output", grad_output, OUT_SHAPE)
     p = params
     grad_y = grad_output
-    _, (z1, s1, z2, skip1, pooled, z3, b1, z4, bottleneck, merged, z5, u1, z6, u2,) = _forward(p, x)
-    d_out1x1_weight = _conv2d_grad_weight(u2, grad_y, 1, 1, 0)
+    cols = {}
+    _, (z1, s1, z2, skip1, pooled, z3, b1, z4, bottleneck, merged, z5, u1, z6, u2,) = _forward(p, x, cols)
+    d_out1x1_weight = _conv2d_grad_weight(u2, grad_y, 1, 1, 0, cols.pop("out1x1"))
     d_out1x1_bias = grad_y.sum(axis=(1, 2))
     d_u2__out1x1 = _conv2d_grad_input(grad_y, p["out1x1.weight"], 1, 1, 0, (4, 16, 12))
     d_z6__u2 = np.where(z6 > 0, d_u2__out1x1, 0)
-    d_up1_2_weight = _conv2d_grad_weight(u1, d_z6__u2, 3, 1, 1)
+    d_up1_2_weight = _conv2d_grad_weight(u1, d_z6__u2, 3, 1, 1, cols.pop("up1_2"))
     d_up1_2_bias = d_z6__u2.sum(axis=(1, 2))
     d_u1__up1_2 = _conv2d_grad_input(d_z6__u2, p["up1_2.weight"], 3, 1, 1, (4, 16, 12))
     d_z5__u1 = np.where(z5 > 0, d_u1__up1_2, 0)
-    d_up1_1_weight = _conv2d_grad_weight(merged, d_z5__u1, 3, 1, 1)
+    d_up1_1_weight = _conv2d_grad_weight(merged, d_z5__u1, 3, 1, 1, cols.pop("up1_1"))
     d_up1_1_bias = d_z5__u1.sum(axis=(1, 2))
     d_merged__up1_1 = _conv2d_grad_input(d_z5__u1, p["up1_1.weight"], 3, 1, 1, (8, 16, 12))
     d_skip1__merged = d_merged__up1_1[0:4]
@@ -252,21 +260,21 @@ def backward(params, x, grad_output):
     d_upT_bias = d_up__merged.sum(axis=(1, 2))
     d_bottleneck__upT = _conv_transpose2d_grad_input(d_up__merged, p["upT.weight"], 2, 2, 0, 8, 6)
     d_z4__bottleneck = np.where(z4 > 0, d_bottleneck__upT, 0)
-    d_down2_2_weight = _conv2d_grad_weight(b1, d_z4__bottleneck, 3, 1, 1)
+    d_down2_2_weight = _conv2d_grad_weight(b1, d_z4__bottleneck, 3, 1, 1, cols.pop("down2_2"))
     d_down2_2_bias = d_z4__bottleneck.sum(axis=(1, 2))
     d_b1__down2_2 = _conv2d_grad_input(d_z4__bottleneck, p["down2_2.weight"], 3, 1, 1, (8, 8, 6))
     d_z3__b1 = np.where(z3 > 0, d_b1__down2_2, 0)
-    d_down2_1_weight = _conv2d_grad_weight(pooled, d_z3__b1, 3, 1, 1)
+    d_down2_1_weight = _conv2d_grad_weight(pooled, d_z3__b1, 3, 1, 1, cols.pop("down2_1"))
     d_down2_1_bias = d_z3__b1.sum(axis=(1, 2))
     d_pooled__down2_1 = _conv2d_grad_input(d_z3__b1, p["down2_1.weight"], 3, 1, 1, (4, 8, 6))
     d_skip1__pool = _maxpool2d_grad_pytorch(skip1, d_pooled__down2_1, 2, 2)
     d_skip1 = d_skip1__merged + d_skip1__pool
     d_z2__skip1 = np.where(z2 > 0, d_skip1, 0)
-    d_down1_2_weight = _conv2d_grad_weight(s1, d_z2__skip1, 3, 1, 1)
+    d_down1_2_weight = _conv2d_grad_weight(s1, d_z2__skip1, 3, 1, 1, cols.pop("down1_2"))
     d_down1_2_bias = d_z2__skip1.sum(axis=(1, 2))
     d_s1__down1_2 = _conv2d_grad_input(d_z2__skip1, p["down1_2.weight"], 3, 1, 1, (4, 16, 12))
     d_z1__s1 = np.where(z1 > 0, d_s1__down1_2, 0)
-    d_down1_1_weight = _conv2d_grad_weight(x, d_z1__s1, 3, 1, 1)
+    d_down1_1_weight = _conv2d_grad_weight(x, d_z1__s1, 3, 1, 1, cols.pop("down1_1"))
     d_down1_1_bias = d_z1__s1.sum(axis=(1, 2))
     d_x__down1_1 = _conv2d_grad_input(d_z1__s1, p["down1_1.weight"], 3, 1, 1, (1, 16, 12))
     grads = {

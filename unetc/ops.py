@@ -82,24 +82,40 @@ def _channels(op: Op, shape: Shape, want: int) -> None:
 
 
 @dataclass(frozen=True)
-class Conv2d(Op):
-    """Cross-correlation with zero padding; weight (cout, cin, k, k), bias (cout)."""
+class _Conv(Op):
+    """Shared by Conv2d and ConvTranspose2d: channels, square kernel k, stride s, padding p."""
 
-    kind: ClassVar[str] = "conv2d"
     cin: int = 1
     cout: int = 1
     k: int = 1
     s: int = 1
     p: int = 0
+    weight_layout: ClassVar[str] = "out,in"  # PyTorch's weight layout of the layer
 
     def params(self):
-        return {f"{self.name}.weight": (self.cout, self.cin, self.k, self.k),
-                f"{self.name}.bias": (self.cout,)}
+        first, second = (self.cout, self.cin) if self.weight_layout == "out,in" else (self.cin, self.cout)
+        return {f"{self.name}.weight": (first, second, self.k, self.k), f"{self.name}.bias": (self.cout,)}
+
+    def size(self, n):
+        """Output size along one axis."""
+        raise NotImplementedError
 
     def infer(self, shapes):
         c, h, w = shapes[0]
         _channels(self, shapes[0], self.cin)
-        return (self.cout, sizes.out(h, self.k, self.s, self.p), sizes.out(w, self.k, self.s, self.p))
+        return (self.cout, self.size(h), self.size(w))
+
+    def describe(self):
+        return f"{self.kind} {self.k}x{self.k} s{self.s} p{self.p}"
+
+
+class Conv2d(_Conv):
+    """Cross-correlation with zero padding; weight (cout, cin, k, k), bias (cout)."""
+
+    kind: ClassVar[str] = "conv2d"
+
+    def size(self, n):
+        return sizes.out(n, self.k, self.s, self.p)
 
     def requirements(self, shapes):
         _, h, w = shapes[0]
@@ -107,38 +123,21 @@ class Conv2d(Op):
                             f"window {self.k} <= padded input {n} + 2*{self.p}")
                 for n in (h, w)]
 
-    def describe(self):
-        return f"{self.kind} {self.k}x{self.k} s{self.s} p{self.p}"
 
-
-@dataclass(frozen=True)
-class ConvTranspose2d(Op):
+class ConvTranspose2d(_Conv):
     """Transposed convolution (padding crops); weight (cin, cout, k, k), bias (cout)."""
 
     kind: ClassVar[str] = "conv_transpose2d"
-    cin: int = 1
-    cout: int = 1
-    k: int = 1
-    s: int = 1
-    p: int = 0
+    weight_layout: ClassVar[str] = "in,out"
 
-    def params(self):
-        return {f"{self.name}.weight": (self.cin, self.cout, self.k, self.k),
-                f"{self.name}.bias": (self.cout,)}
-
-    def infer(self, shapes):
-        c, h, w = shapes[0]
-        _channels(self, shapes[0], self.cin)
-        return (self.cout, sizes.out_t(h, self.k, self.s, self.p), sizes.out_t(w, self.k, self.s, self.p))
+    def size(self, n):
+        return sizes.out_t(n, self.k, self.s, self.p)
 
     def requirements(self, shapes):
         _, h, w = shapes[0]
         return [Requirement(self.name, sizes.out_t(n, self.k, self.s, self.p), 1,
                             f"output size ({n} - 1)*{self.s} + {self.k} - 2*{self.p} >= 1")
                 for n in (h, w)]
-
-    def describe(self):
-        return f"{self.kind} {self.k}x{self.k} s{self.s} p{self.p}"
 
 
 @dataclass(frozen=True)
@@ -200,49 +199,48 @@ class ReluGrad(Op):
 
 
 @dataclass(frozen=True)
-class Conv2dGradInput(Op):
-    """dx of a Conv2d (full transposed correlation); inputs (dy,), weight = ``fwd.name``.weight."""
+class _InputGrad(Op):
+    """Gradient of a layer's input; inputs (dy,), reads the weight of layer ``fwd.name``."""
+
+    fwd: Op = None  # type: ignore[assignment]
+    in_shape: Shape = ()
+
+    def infer(self, shapes):
+        return tuple(self.in_shape)
+
+
+@dataclass(frozen=True)
+class _WeightGrad(Op):
+    """Gradient of a layer's weight; inputs (x, dy)."""
+
+    fwd: Op = None  # type: ignore[assignment]
+
+    def infer(self, shapes):
+        return self.fwd.params()[f"{self.fwd.name}.weight"]
+
+
+class Conv2dGradInput(_InputGrad):
+    """dx of a Conv2d: full transposed correlation of dy with the weight."""
 
     kind: ClassVar[str] = "conv2d_grad_input"
-    fwd: Conv2d = None  # type: ignore[assignment]
-    in_shape: Shape = ()
-
-    def infer(self, shapes):
-        return tuple(self.in_shape)
 
 
-@dataclass(frozen=True)
-class Conv2dGradWeight(Op):
-    """dW of a Conv2d: correlation of the padded input with dy; inputs (x, dy)."""
+class Conv2dGradWeight(_WeightGrad):
+    """dW of a Conv2d: correlation of the padded input with dy."""
 
     kind: ClassVar[str] = "conv2d_grad_weight"
-    fwd: Conv2d = None  # type: ignore[assignment]
-
-    def infer(self, shapes):
-        return self.fwd.params()[f"{self.fwd.name}.weight"]
 
 
-@dataclass(frozen=True)
-class ConvTranspose2dGradInput(Op):
-    """dx of a ConvTranspose2d: strided correlation of dy with the weight; inputs (dy,)."""
+class ConvTranspose2dGradInput(_InputGrad):
+    """dx of a ConvTranspose2d: strided correlation of dy with the weight."""
 
     kind: ClassVar[str] = "conv_transpose2d_grad_input"
-    fwd: ConvTranspose2d = None  # type: ignore[assignment]
-    in_shape: Shape = ()
-
-    def infer(self, shapes):
-        return tuple(self.in_shape)
 
 
-@dataclass(frozen=True)
-class ConvTranspose2dGradWeight(Op):
-    """dW of a ConvTranspose2d; inputs (x, dy)."""
+class ConvTranspose2dGradWeight(_WeightGrad):
+    """dW of a ConvTranspose2d: correlation of x with the (padded) dy."""
 
     kind: ClassVar[str] = "conv_transpose2d_grad_weight"
-    fwd: ConvTranspose2d = None  # type: ignore[assignment]
-
-    def infer(self, shapes):
-        return self.fwd.params()[f"{self.fwd.name}.weight"]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,276 @@
+"""C target: forward, 16 parameter gradients and grad_x against PyTorch autograd (spec mode
+against the NumPy target), sanitizer and strict-warning builds of the testbench, the loader's API
+errors, NULL-pointer error codes, the workspace plan and the committed copy in generated/."""
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from conftest import EXAMPLES, ROOT
+from torch_ref import CONFIG_MATRIX, random_inputs, rel_err, torch_reference
+from unetc.config import Config, load
+from unetc.emitter import emit
+from unetc.specialize import specialize
+from unetc.targets import c_target
+
+CC = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+pytestmark = pytest.mark.skipif(CC is None, reason="no C compiler (CI has one)")
+TOL = {"float64": 1e-10, "float32": 1e-4}
+DTYPES = ("float64", "float32")
+
+
+def load_module(path, name):
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def cfg_of(case: str, dtype: str) -> Config:
+    c = CONFIG_MATRIX[case]
+    return dataclasses.replace(c, dtype=dtype, name=f"{c.name}_{dtype[-2:]}")
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("unetc_cache")
+    old = os.environ.get("UNETC_CACHE_DIR")
+    os.environ["UNETC_CACHE_DIR"] = str(d)
+    yield d
+    if old is None:
+        os.environ.pop("UNETC_CACHE_DIR", None)
+    else:
+        os.environ["UNETC_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="module")
+def c_modules(tmp_path_factory, cache_dir):
+    """Every CONFIG_MATRIX case x dtype emitted and imported (compiled two at a time)."""
+    out = tmp_path_factory.mktemp("c_emit")
+    keys = [(case, dt) for case in sorted(CONFIG_MATRIX) for dt in DTYPES]
+    np_mods = {}
+
+    def build(key):
+        cfg = cfg_of(*key)
+        paths = emit(cfg, "c", out / f"{key[0]}_{key[1]}")
+        loader = next(p for p in paths if p.name.endswith("_c.py"))
+        (np_path,) = emit(cfg, "numpy", out / f"{key[0]}_{key[1]}")
+        np_mods[key] = load_module(np_path, f"np_{cfg.name}")
+        return key, load_module(loader, f"c_{cfg.name}")
+
+    with ThreadPoolExecutor(2) as pool:
+        mods = dict(pool.map(build, keys))
+    return mods, np_mods
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", sorted(CONFIG_MATRIX))
+def test_matches_pytorch_autograd(case, dtype, c_modules):
+    mod = c_modules[0][(case, dtype)]
+    cfg = cfg_of(case, dtype)
+    params, x, gy = random_inputs(mod, seed=3)
+    y = mod.forward(params, x)
+    grads, gx = mod.backward(params, x, gy)
+    ry, rgrads, rgx = torch_reference(cfg, params, x, gy)
+    assert y.dtype == mod.DTYPE and gx.dtype == mod.DTYPE and y.shape == mod.OUT_SHAPE
+    assert list(grads) == list(mod.PARAM_SHAPES) and len(grads) == 16
+    assert all(grads[k].dtype == mod.DTYPE for k in grads)
+    errs = {"y": rel_err(y, ry), "grad_x": rel_err(gx, rgx)}
+    errs.update({k: rel_err(grads[k], rgrads[k]) for k in rgrads})
+    assert max(errs.values()) <= TOL[dtype], errs
+    # forward after backward (shared workspace) is unchanged
+    assert np.array_equal(mod.forward(params, x), y)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_spec_pool_matches_numpy_target(dtype, c_modules):
+    """Spec max-pool rule: against the NumPy target, on data where the spec rule and PyTorch's
+    first-max rule disagree (torch's own max-pool backward gives a different grad_x)."""
+    mods, np_mods = c_modules
+    mod, ref = mods[("spec_pool", dtype)], np_mods[("spec_pool", dtype)]
+    params, x, gy = random_inputs(mod, seed=5)
+    grads, gx = mod.backward(params, x, gy)
+    rgrads, rgx = ref.backward(params, x, gy)
+    errs = [rel_err(gx, rgx)] + [rel_err(grads[k], rgrads[k]) for k in rgrads]
+    assert max(errs) <= TOL[dtype]
+    pt_cfg = dataclasses.replace(cfg_of("spec_pool", dtype), maxpool_backward="pytorch")
+    ry, _, pt_gx = torch_reference(pt_cfg, params, x, gy)
+    assert rel_err(mod.forward(params, x), ry) <= TOL[dtype]
+    assert rel_err(gx, pt_gx) > 1e-3  # the rules really differ here, and C follows the spec
+
+
+def test_pytorch_mode_matches_numpy_target_on_ties(c_modules):
+    """Many exact ties in the pooled windows (inputs quantised, ReLU zeros): first-max rule."""
+    mods, np_mods = c_modules
+    for case in ("default", "overlap_pool", "pool3s2_up3s2_odd"):
+        mod, ref = mods[(case, "float64")], np_mods[(case, "float64")]
+        params, x, gy = random_inputs(mod, seed=11)
+        x = np.round(x * 2) / 2
+        params = {k: np.round(v * 8) / 8 for k, v in params.items()}
+        grads, gx = mod.backward(params, x, gy)
+        rgrads, rgx = ref.backward(params, x, gy)
+        assert rel_err(gx, rgx) <= 1e-10 and all(rel_err(grads[k], rgrads[k]) <= 1e-10 for k in grads)
+
+
+def _testbench(tmp_path, cfg, flags, run=True):
+    paths = emit(cfg, "c", tmp_path, testbench=True)
+    c_files = [str(p) for p in paths if p.suffix == ".c"]
+    exe = tmp_path / "tb"
+    p = subprocess.run([CC, "-std=c99", *flags, *c_files, "-o", str(exe)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    return subprocess.run([str(exe)], capture_output=True, text=True, timeout=120) if run else None
+
+
+SANITIZED = ["pool3s2_up3s2_odd", "overlap_pool", "odd_channels_hw", "up_padding", "spec_pool", "conv5"]
+
+
+def test_sanitizer_builds_run_clean(tmp_path):
+    flags = ["-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
+
+    def one(case):
+        d = tmp_path / case
+        d.mkdir()
+        return case, _testbench(d, cfg_of(case, "float64"), flags)
+
+    with ThreadPoolExecutor(2) as pool:
+        for case, r in pool.map(one, SANITIZED):
+            assert r.returncode == 0 and r.stdout.startswith("PASS"), (case, r.stdout, r.stderr)
+            assert "runtime error" not in r.stderr and "ERROR: AddressSanitizer" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_strict_warnings_and_testbench_pass(dtype, tmp_path):
+    cfg = dataclasses.replace(load(EXAMPLES / "small.yaml"), dtype=dtype)
+    r = _testbench(tmp_path, cfg, ["-O2", "-Wall", "-Wextra", "-Wpedantic", "-Werror"])
+    assert r.returncode == 0 and r.stdout.startswith("PASS max_rel_err="), r.stdout
+
+
+def test_testbench_detects_a_wrong_kernel(tmp_path):
+    """The testbench can fail: corrupt one bias gradient in the generated source."""
+    cfg = load(EXAMPLES / "small.yaml")
+    paths = emit(cfg, "c", tmp_path, testbench=True)
+    src = next(p for p in paths if p.name == f"{cfg.name}.c")
+    text = src.read_text()
+    needle = "out[c] = unet2_small_sum("
+    assert needle in text
+    src.write_text(text.replace(needle, "out[c] = 1.5f * unet2_small_sum(", 1))
+    exe = tmp_path / "tb"
+    subprocess.run([CC, "-std=c99", "-O1", *[str(p) for p in paths if p.suffix == ".c"], "-o", str(exe)], check=True)
+    r = subprocess.run([str(exe)], capture_output=True, text=True)
+    assert r.returncode != 0 and r.stdout.startswith("FAIL"), r.stdout
+
+
+def test_loader_api_errors_and_noncontiguous(c_modules):
+    mod = c_modules[0][("default", "float32")]
+    params, x, gy = random_inputs(mod)
+    with pytest.raises(ValueError, match=r"x: expected shape \(3, 8, 8\), got \(3, 8, 9\)"):
+        mod.forward(params, np.zeros((3, 8, 9), np.float32))
+    with pytest.raises(ValueError, match="x: expected dtype float32, got float64"):
+        mod.forward(params, x.astype(np.float64))
+    with pytest.raises(ValueError, match="x: expected a numpy.ndarray, got list"):
+        mod.forward(params, x.tolist())
+    with pytest.raises(ValueError, match="params: missing key 'upT.bias'"):
+        mod.forward({k: v for k, v in params.items() if k != "upT.bias"}, x)
+    with pytest.raises(ValueError, match="params: unexpected key 'extra'"):
+        mod.forward({**params, "extra": x}, x)
+    with pytest.raises(ValueError, match=r"params\['down1_1.weight'\]: expected shape"):
+        mod.forward({**params, "down1_1.weight": np.zeros((4, 3, 3), np.float32)}, x)
+    with pytest.raises(ValueError, match=r"grad_output: expected shape \(2, 8, 8\)"):
+        mod.backward(params, x, np.zeros((2, 8), np.float32))
+    # non-contiguous inputs give the same results as contiguous ones
+    xf = np.asfortranarray(x)
+    pf = {k: np.asfortranarray(v) for k, v in params.items()}
+    gyv = np.ascontiguousarray(np.flip(gy, axis=2)).copy()[:, :, ::-1]
+    assert not xf.flags.c_contiguous and not gyv.flags.c_contiguous
+    assert np.array_equal(mod.forward(pf, xf), mod.forward(params, x))
+    g1, gx1 = mod.backward(pf, xf, gyv)
+    g2, gx2 = mod.backward(params, x, np.ascontiguousarray(gyv))
+    assert np.array_equal(gx1, gx2) and all(np.array_equal(g1[k], g2[k]) for k in g1)
+    assert mod.init_params(0).keys() == params.keys()
+
+
+def test_null_pointers_return_error_code(c_modules):
+    mod = c_modules[0][("default", "float64")]
+    params, x, gy = random_inputs(mod)
+    lib = mod._lib
+    ws = np.empty(mod.WORKSPACE_BYTES, np.uint8)
+    y = np.empty(mod.OUT_SHAPE, mod.DTYPE)
+    p = mod._struct(params)
+    fwd = lib.m_default_64_forward
+    assert fwd(ctypes.byref(p), x.ctypes.data, y.ctypes.data, ws.ctypes.data) == 0
+    assert fwd(None, x.ctypes.data, y.ctypes.data, ws.ctypes.data) == 1
+    assert fwd(ctypes.byref(p), x.ctypes.data, y.ctypes.data, None) == 1
+    p.upT_bias = None
+    assert fwd(ctypes.byref(p), x.ctypes.data, y.ctypes.data, ws.ctypes.data) == 1
+    grads = {k: np.empty(s, mod.DTYPE) for k, s in mod.PARAM_SHAPES.items()}
+    g = mod._struct(grads)
+    gx = np.empty(mod.IN_SHAPE, mod.DTYPE)
+    bwd = lib.m_default_64_backward
+    p = mod._struct(params)
+    assert bwd(ctypes.byref(p), x.ctypes.data, gy.ctypes.data, ctypes.byref(g), gx.ctypes.data, ws.ctypes.data) == 0
+    assert bwd(ctypes.byref(p), x.ctypes.data, gy.ctypes.data, None, gx.ctypes.data, ws.ctypes.data) == 1
+    g.out1x1_weight = None
+    assert bwd(ctypes.byref(p), x.ctypes.data, gy.ctypes.data, ctypes.byref(g), gx.ctypes.data, ws.ctypes.data) == 1
+
+
+def test_unaligned_workspace_works(c_modules):
+    mod = c_modules[0][("odd_channels_hw", "float32")]
+    params, x, _ = random_inputs(mod)
+    want = mod.forward(params, x)
+    buf = np.zeros(mod.WORKSPACE_BYTES + 3, np.uint8)
+    y = np.empty(mod.OUT_SHAPE, mod.DTYPE)
+    rc = mod._lib.m_odd_32_forward(ctypes.byref(mod._struct(params)), x.ctypes.data, y.ctypes.data,
+                                   buf.ctypes.data + 3)
+    assert rc == 0 and np.array_equal(y, want)
+
+
+def test_workspace_plan_reuses_buffers():
+    sp = specialize(CONFIG_MATRIX["default"])
+    ws = c_target.workspace_bytes(sp)
+    everything = sum(4 * int(np.prod(s)) for t, s in sp.shapes.items() if t not in ("x", "grad_y"))
+    assert ws % 64 == 0 and ws < everything / 2
+    fwd, bwd = c_target.plans(sp)
+    assert max(fwd.peak, bwd.peak) + 64 == ws
+    files = c_target.files(sp, False)
+    assert f"#define M_DEFAULT_WORKSPACE_BYTES {ws}u" in files["m_default.h"]
+
+
+def test_emit_deterministic_and_standalone_loader():
+    sp = specialize(CONFIG_MATRIX["pool3_up3"])
+    a, b = c_target.files(sp, True), c_target.files(sp, True)
+    assert a == b and set(a) == {"m_pool3.h", "m_pool3.c", "m_pool3_c.py", "m_pool3_main.c"}
+    for text in a.values():
+        assert "generated by unetc from" in text.splitlines()[0] and "do not edit" in text.splitlines()[0]
+    loader = a["m_pool3_c.py"]
+    imports = {line.split()[1].split(".")[0] for line in loader.splitlines() if line.startswith(("import ", "from "))}
+    assert imports <= {"ctypes", "hashlib", "os", "platform", "shlex", "shutil", "subprocess", "tempfile",
+                       "threading", "numpy"}, imports
+    assert "malloc" not in a["m_pool3.c"]
+
+
+def test_missing_compiler_message(tmp_path):
+    paths = emit(CONFIG_MATRIX["default"], "c", tmp_path)
+    loader = next(p for p in paths if p.name.endswith("_c.py"))
+    env = {**os.environ, "CC": "no-such-cc-unetc", "UNETC_CACHE_DIR": str(tmp_path / "cache")}
+    r = subprocess.run([sys.executable, "-c", f"import runpy; runpy.run_path({str(loader)!r})"],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode != 0
+    assert "unetc: no C compiler found" in r.stderr and "install gcc" in r.stderr
+
+
+def test_committed_c_files_in_sync(tmp_path):
+    paths = emit(load(EXAMPLES / "small.yaml"), "c", tmp_path)
+    assert sorted(p.name for p in paths) == ["unet2_small.c", "unet2_small.h", "unet2_small_c.py"]
+    for path in paths:
+        committed = ROOT / "generated" / path.name
+        assert committed.read_bytes() == path.read_bytes(), (
+            f"generated/{path.name} is stale: run `unetc emit examples/small.yaml --target c -o generated`")

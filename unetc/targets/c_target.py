@@ -1,0 +1,423 @@
+"""C target: Specialized -> {"<name>.h", "<name>.c", "<name>_c.py"} (+ "<name>_main.c" with a testbench).
+
+Python decides everything numeric: the workspace plan (64-byte aligned offsets, buffers reused
+when lifetimes do not overlap, concat/slice as views, in-place ReLU-gate and gradient sums), every
+loop bound and every index expression. ``templates/c_*.j2`` only lay them out: one macro per op
+kind in ``c_ops.j2``, each op instance becomes one ``static void`` function with literal bounds.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from ..emitter import banner, render
+from ..specialize import Specialized, var
+
+ALIGN = 64
+FWD_KINDS = ("conv2d", "conv_transpose2d", "maxpool2d", "relu", "concat")
+
+
+def _numel(shape) -> int:
+    return math.prod(shape)
+
+
+def _ctype(sp: Specialized) -> str:
+    return "float" if sp.config.dtype == "float32" else "double"
+
+
+def _ix(mult: int, off: int, v: str = "v") -> str:
+    """'mult*v + off' as short C text."""
+    base = v if mult == 1 else f"{mult} * {v}"
+    return base if off == 0 else f"{base} + {off}" if off > 0 else f"{base} - {-off}"
+
+
+def _group(items):
+    """[(v, key)] in v order -> [(lo, hi, key)] of maximal runs with equal key."""
+    runs = []
+    for v, key in items:
+        if runs and runs[-1][2] == key and runs[-1][1] == v:
+            runs[-1][1] = v + 1
+        else:
+            runs.append([v, v + 1, key])
+    return [tuple(r) for r in runs]
+
+
+def col_segments(n_out: int, n_in: int, k: int, s: int, p: int, transposed: bool) -> list[dict]:
+    """Inner-loop segments of a gather: out[oi(v)] += sum_kj w_kj * in[ii_kj(v)] over v in [lo, hi).
+    conv map: in = out*s - p + kj; transposed map: out = in*s - p + kj (one phase per out % s)."""
+    segs = []
+    if not transposed:
+        items = [(v, tuple(kj for kj in range(k) if 0 <= v * s - p + kj < n_in)) for v in range(n_out)]
+        for lo, hi, taps in _group(items):
+            if taps:
+                segs.append({"lo": lo, "hi": hi, "oi": _ix(1, 0),
+                             "terms": [(kj, _ix(s, kj - p)) for kj in taps]})
+        return segs
+    for phi in range(s):
+        m_n = len(range(phi, n_out, s))
+        cand = [(kj, (phi + p - kj) // s) for kj in range(k) if (phi + p - kj) % s == 0]
+        items = [(m, tuple(t for t in cand if 0 <= m + t[1] < n_in)) for m in range(m_n)]
+        for lo, hi, taps in _group(items):
+            if taps:
+                segs.append({"lo": lo, "hi": hi, "oi": _ix(s, phi),
+                             "terms": [(kj, _ix(1, d)) for kj, d in taps]})
+    return segs
+
+
+def _valid_range(n_a: int, n_b: int, s: int, off: int) -> tuple[int, int]:
+    """[lo, hi) of a-indices v with 0 <= v*s + off < n_b."""
+    vs = [v for v in range(n_a) if 0 <= v * s + off < n_b]
+    return (vs[0], vs[-1] + 1) if vs else (0, 0)
+
+
+# ---------------------------------------------------------------- workspace plan
+
+@dataclass
+class Phase:
+    """One entry point (forward, or backward = recompute + backward ops): calls and buffers."""
+
+    ops: list  # op objects, in order
+    ext: dict[str, str]  # tensor -> C pointer expression of a caller's array
+    parent: dict[str, tuple[str, int]] = field(default_factory=dict)  # view -> (tensor, elem offset)
+    inplace: dict[int, str] = field(default_factory=dict)  # op index -> input tensor overwritten
+    skip: set = field(default_factory=set)  # op indices that are pure views (no code)
+    offsets: dict[str, int] = field(default_factory=dict)  # root tensor -> byte offset
+    sizes: dict[str, int] = field(default_factory=dict)  # root tensor -> bytes (rounded to ALIGN)
+    peak: int = 0
+
+    def loc(self, t: str) -> tuple[str, int]:
+        off = 0
+        while t in self.parent:
+            t, o = self.parent[t]
+            off += o
+        return t, off
+
+
+def plan_phase(sp: Specialized, ops: list, ext: dict[str, str], esize: int) -> Phase:
+    ph = Phase(ops, ext)
+    shapes = sp.shapes
+    # views: concat writes its inputs in place; slice reads a channel range of its input
+    for i, op in enumerate(ops):
+        if op.kind == "concat" and op.output not in ext and not any(t in ext or t in ph.parent for t in op.inputs):
+            a, b = op.inputs
+            ph.parent[a] = (op.output, 0)
+            ph.parent[b] = (op.output, _numel(shapes[a]))
+            ph.skip.add(i)
+        elif op.kind == "slice" and op.output not in ext:
+            ph.parent[op.output] = (op.inputs[0], op.lo * _numel(shapes[op.inputs[0]][1:]))
+            ph.skip.add(i)
+
+    def region(t):
+        root, off = ph.loc(t)
+        return root, off, off + _numel(shapes[t])
+
+    def overlaps(r1, r2):
+        return r1[0] == r2[0] and r1[1] < r2[2] and r2[1] < r1[2]
+
+    # in place: relu_grad overwrites its dy, add accumulates into one summand, when nothing later reads it
+    for i, op in enumerate(ops):
+        cands = {"relu_grad": list(op.inputs[1:]), "add": list(op.inputs)}.get(op.kind, [])
+        for t in cands:
+            if op.output in ext or ph.loc(t)[0] in ext or shapes[t] != shapes[op.output]:
+                continue
+            r = region(t)
+            if any(overlaps(r, region(u)) for later in ops[i + 1:] for u in later.inputs):
+                continue
+            if op.kind == "add" and overlaps(r, region(op.inputs[1] if t == op.inputs[0] else op.inputs[0])):
+                continue
+            ph.parent[op.output] = (t, 0)
+            ph.inplace[i] = t
+            break
+    # lifetimes of root buffers: first write .. last read
+    life: dict[str, list[int]] = {}
+    for i, op in enumerate(ops):
+        for t, is_read in [(u, True) for u in op.inputs] + [(op.output, False)]:
+            root = ph.loc(t)[0]
+            if root in ext:
+                continue
+            if root not in life:
+                life[root] = [i, i]
+            life[root][1] = max(life[root][1], i)
+    placed: list[tuple[int, int, int, int]] = []  # (start, end, offset, size)
+    for root, (a, b) in sorted(life.items(), key=lambda kv: (kv[1][0], kv[0])):
+        size = -(-_numel(shapes[root]) * esize // ALIGN) * ALIGN
+        busy = sorted((o, o + s) for (a2, b2, o, s) in placed if a2 <= b and a <= b2)
+        off = 0
+        for lo, hi in busy:
+            if off + size <= lo:
+                break
+            off = max(off, hi)
+        placed.append((a, b, off, size))
+        ph.offsets[root], ph.sizes[root] = off, size
+        ph.peak = max(ph.peak, off + size)
+    _verify(ph, sp, esize)
+    return ph
+
+
+def _verify(ph: Phase, sp: Specialized, esize: int) -> None:
+    """Simulate the phase element by element: every read must see the value of the tensor it
+    names (catches a view, in-place op or buffer reuse that clobbers a live value). A unetc bug
+    raises AssertionError."""
+    import numpy as np
+
+    ids = {t: n + 1 for n, t in enumerate(sp.shapes)}
+    producer = {op.output: i for i, op in enumerate(ph.ops)}
+    mem: dict[str, "np.ndarray"] = {"": np.zeros(ph.peak // esize + 1, np.int64)}
+
+    def cell(t):
+        root, off = ph.loc(t)
+        if root in ph.ext:
+            return mem.setdefault(root, np.zeros(_numel(sp.shapes[root]), np.int64)), off
+        return mem[""], ph.offsets[root] // esize + off
+
+    def expected(u):
+        i = producer[u]
+        op = ph.ops[i]
+        if i not in ph.skip:
+            return np.full(_numel(sp.shapes[u]), ids[u])
+        if op.kind == "slice":
+            base = expected(op.inputs[0])
+            return base[ph.parent[u][1]:ph.parent[u][1] + _numel(sp.shapes[u])]
+        return np.concatenate([expected(t) for t in op.inputs])
+
+    for i, op in enumerate(ph.ops):
+        for u in op.inputs:
+            if u not in producer:
+                continue
+            arr, off = cell(u)
+            got = arr[off:off + _numel(sp.shapes[u])]
+            assert np.array_equal(got, expected(u)), f"workspace plan: {op.name} reads a clobbered {u}"
+        if i not in ph.skip:
+            arr, off = cell(op.output)
+            arr[off:off + _numel(sp.shapes[op.output])] = ids[op.output]
+
+
+# ---------------------------------------------------------------- per-op kernel contexts
+
+def _gather(o_n, i_n, out_hw, in_hw, k, s, p, so, si, transposed, bias):
+    return {"O": o_n, "I": i_n, "R": out_hw[0], "C": out_hw[1], "H": in_hw[0], "W": in_hw[1],
+            "K": k, "S": s, "P": p, "so": so, "si": si, "transposed": transposed, "bias": bias,
+            "segs": col_segments(out_hw[1], in_hw[1], k, s, p, transposed),
+            "wused": sorted({kj for seg in col_segments(out_hw[1], in_hw[1], k, s, p, transposed)
+                             for kj, _ in seg["terms"]})}
+
+
+def _wgrad(o_n, i_n, a_hw, b_hw, k, s, p, so, si):
+    rows = [(ki, *_valid_range(a_hw[0], b_hw[0], s, ki - p)) for ki in range(k)]
+    cols = []
+    for kj in range(k):
+        lo, hi = _valid_range(a_hw[1], b_hw[1], s, kj - p)
+        if hi > lo:
+            cols.append({"kj": kj, "lo": lo, "n": hi - lo, "boff": lo * s + kj - p})
+    return {"O": o_n, "I": i_n, "Ra": a_hw[0], "Ca": a_hw[1], "Hb": b_hw[0], "Wb": b_hw[1],
+            "K": k, "S": s, "P": p, "so": so, "si": si,
+            "rows": [{"ki": ki, "lo": lo, "hi": hi, "rix": _ix(s, ki - p, "r")} for ki, lo, hi in rows if hi > lo],
+            "cols": cols}
+
+
+def kernel(op, sp: Specialized, fn: str, inplace: str | None) -> dict:
+    """The numbers one op's C function needs (template context ``o``)."""
+    sh = sp.shapes
+    ctx = {"kind": op.kind, "fn": fn, "name": op.name, "inplace": inplace is not None,
+           "out_shape": sh[op.output], "in_shapes": [sh[t] for t in op.inputs], "n": _numel(sh[op.output])}
+    fwd = getattr(op, "fwd", None) or op
+    k, s, p = getattr(fwd, "k", 0), getattr(fwd, "s", 0), getattr(fwd, "p", 0)
+    kk = k * k
+    if op.kind == "conv2d":
+        (co, ho, wo), (ci, h, w) = sh[op.output], sh[op.inputs[0]]
+        ctx["g"] = _gather(co, ci, (ho, wo), (h, w), k, s, p, ci * kk, kk, False, True)
+    elif op.kind == "conv_transpose2d":
+        (co, u, v), (ci, d, e) = sh[op.output], sh[op.inputs[0]]
+        ctx["g"] = _gather(co, ci, (u, v), (d, e), k, s, p, kk, co * kk, True, True)
+    elif op.kind == "conv2d_grad_input":
+        (ci, h, w), (co, ho, wo) = sh[op.output], sh[op.inputs[0]]
+        ctx["g"] = _gather(ci, co, (h, w), (ho, wo), k, s, p, kk, ci * kk, True, False)
+    elif op.kind == "conv_transpose2d_grad_input":
+        (ci, d, e), (co, u, v) = sh[op.output], sh[op.inputs[0]]
+        ctx["g"] = _gather(ci, co, (d, e), (u, v), k, s, p, co * kk, kk, False, False)
+    elif op.kind == "conv2d_grad_weight":
+        (ci, h, w), (co, ho, wo) = sh[op.inputs[0]], sh[op.inputs[1]]
+        ctx["g"] = _wgrad(co, ci, (ho, wo), (h, w), k, s, p, ci * kk, kk)
+    elif op.kind == "conv_transpose2d_grad_weight":
+        (ci, d, e), (co, u, v) = sh[op.inputs[0]], sh[op.inputs[1]]
+        ctx["g"] = _wgrad(ci, co, (d, e), (u, v), k, s, p, co * kk, kk)
+    elif op.kind in ("maxpool2d", "maxpool2d_grad"):
+        c, h, w = sh[op.inputs[0]]
+        _, ho, wo = sh[op.output] if op.kind == "maxpool2d" else sh[op.inputs[1]]
+        ctx.update(C=c, H=h, W=w, HO=ho, WO=wo, K=k, S=s, mode=getattr(op, "mode", "pytorch"))
+    elif op.kind == "bias_grad":
+        c, h, w = sh[op.inputs[0]]
+        ctx.update(C=c, HW=h * w)
+    elif op.kind == "concat":
+        ctx.update(na=_numel(sh[op.inputs[0]]), nb=_numel(sh[op.inputs[1]]))
+    elif op.kind == "slice":
+        ctx.update(off=op.lo * _numel(sh[op.inputs[0]][1:]))
+    return ctx
+
+
+def _signature(op, inplace: str | None) -> list[tuple[str, bool]]:
+    """(parameter name, written?) of an op's C function, in call order."""
+    kind = op.kind
+    if kind in ("conv2d", "conv_transpose2d"):
+        return [("in", False), ("w", False), ("b", False), ("out", True)]
+    if kind in ("conv2d_grad_input", "conv_transpose2d_grad_input"):
+        return [("dy", False), ("w", False), ("out", True)]
+    if kind in ("conv2d_grad_weight", "conv_transpose2d_grad_weight"):
+        return [("a", False), ("bb", False), ("out", True)]
+    if kind in ("relu", "maxpool2d", "bias_grad", "slice"):
+        return [("in", False), ("out", True)]
+    if kind in ("concat", "maxpool2d_grad"):
+        return [("a", False), ("bb", False), ("out", True)]
+    if kind == "relu_grad":
+        return [("z", False), ("d", True)] if inplace else [("z", False), ("d", False), ("out", True)]
+    if kind == "add":
+        return [("acc", True), ("other", False)] if inplace else [("a", False), ("bb", False), ("out", True)]
+    raise AssertionError(kind)
+
+
+def _call_args(op, ph: Phase, tensor_ptr) -> list[str]:
+    """C arguments of one op call in a phase."""
+    i = ph.ops.index(op)
+    ins = [tensor_ptr(t) for t in op.inputs]
+    out = tensor_ptr(op.output)
+    layer = (getattr(op, "fwd", None) or op).name
+    kind = op.kind
+    if kind in ("conv2d", "conv_transpose2d"):
+        return [ins[0], f"p->{var(layer)}_weight", f"p->{var(layer)}_bias", out]
+    if kind in ("conv2d_grad_input", "conv_transpose2d_grad_input"):
+        return [ins[0], f"p->{var(layer)}_weight", out]
+    if kind == "conv2d_grad_weight":
+        return [ins[1], ins[0], out]  # a = dy (output grid), b = x
+    if kind == "conv_transpose2d_grad_weight":
+        return [ins[0], ins[1], out]  # a = x (input grid), b = dy
+    if kind == "relu_grad" and i in ph.inplace:
+        return ins
+    if kind == "add" and i in ph.inplace:
+        t = ph.inplace[i]
+        other = op.inputs[1] if t == op.inputs[0] else op.inputs[0]
+        return [tensor_ptr(t), tensor_ptr(other)]
+    return ins + [out]
+
+
+def _phase_context(sp: Specialized, ph: Phase, fn_of) -> dict:
+    T = _ctype(sp)
+    esize = 4 if T == "float" else 8
+
+    def ptr(t):
+        root, off = ph.loc(t)
+        base = ph.ext[root] if root in ph.ext else f"t_{var(root)}"
+        return base if off == 0 else f"{base} + {off}"
+
+    roots = [{"var": f"t_{var(r)}", "off": ph.offsets[r], "bytes": ph.sizes[r], "tensor": r,
+              "shape": sp.shapes[r]} for r in sorted(ph.offsets, key=lambda r: (ph.offsets[r], r))]
+    calls = []
+    for i, op in enumerate(ph.ops):
+        if i in ph.skip:
+            continue
+        calls.append({"fn": fn_of(op, ph.inplace.get(i)), "args": _call_args(op, ph, ptr),
+                      "what": f"{op.kind} {op.name} -> {op.output}"
+                              + (f" (in place over {ph.inplace[i]})" if i in ph.inplace else "")})
+    del esize
+    return {"roots": roots, "calls": calls, "peak": ph.peak}
+
+
+def plans(sp: Specialized) -> tuple[Phase, Phase]:
+    """The forward and backward phases of ``sp`` with their workspace plans."""
+    esize = 4 if sp.config.dtype == "float32" else 8
+    fwd = plan_phase(sp, list(sp.forward_ops), {"x": "x", "y": "y"}, esize)
+    saved = set(sp.backward.saved())
+    need = set(saved)
+    for op in reversed(sp.forward_ops):
+        if op.output in need:
+            need.update(op.inputs)
+    recompute = [op for op in sp.forward_ops if op.output in need]
+    ext = {"x": "x", "grad_y": "grad_y", sp.backward.grad_x: "grad_x"}
+    ext.update({t: f"g->{var(p)}" for p, t in sp.backward.param_grads.items()})
+    bwd = plan_phase(sp, recompute + list(sp.backward_ops), ext, esize)
+    return fwd, bwd
+
+
+def workspace_bytes(sp: Specialized) -> int:
+    """Bytes the caller must pass as ``ws`` (includes ALIGN bytes of slack for any alignment)."""
+    fwd, bwd = plans(sp)
+    return max(fwd.peak, bwd.peak) + ALIGN
+
+
+# ---------------------------------------------------------------- files
+
+def _literal(v: float, T: str) -> str:
+    return float(v).hex() + ("f" if T == "float" else "")
+
+
+def _array_text(a, T: str, per_line: int = 4) -> str:
+    vals = [_literal(v, T) for v in a.reshape(-1).tolist()]
+    return ",\n".join("    " + ", ".join(vals[i:i + per_line]) for i in range(0, len(vals), per_line))
+
+
+def _testbench_data(sp: Specialized) -> dict:
+    """params = init_params(0), x and grad_y from default_rng(1); expected outputs by the NumPy target."""
+    import numpy as np
+
+    from .numpy_target import files as np_files
+
+    (src,) = np_files(sp, False).values()
+    ns: dict = {"__name__": f"_unetc_np_{sp.config.name}"}
+    exec(compile(src, f"<{sp.config.name}_numpy.py>", "exec"), ns)
+    rng = np.random.default_rng(1)
+    params = ns["init_params"](0)
+    x = rng.standard_normal(ns["IN_SHAPE"]).astype(ns["DTYPE"])
+    gy = rng.standard_normal(ns["OUT_SHAPE"]).astype(ns["DTYPE"])
+    y = ns["forward"](params, x)
+    grads, gx = ns["backward"](params, x, gy)
+    return {"params": params, "x": x, "grad_y": gy, "y": y, "grads": grads, "grad_x": gx}
+
+
+def files(sp: Specialized, testbench: bool = False) -> dict[str, str]:
+    cfg = sp.config
+    name = cfg.name
+    T = _ctype(sp)
+    fwd, bwd = plans(sp)
+    ws = max(fwd.peak, bwd.peak) + ALIGN
+
+    kernels: dict[str, dict] = {}
+    order = {op.output: i for i, op in enumerate(sp.forward_ops + sp.backward_ops)}
+
+    def fn_of(op, inplace):
+        idx = order[op.output]
+        fn = f"k{idx:02d}_{op.kind}_{var(op.name)}" + ("_inplace" if inplace else "")
+        if fn not in kernels:
+            k = kernel(op, sp, fn, inplace)
+            k["params"] = _signature(op, inplace)
+            k["what"] = f"{op.kind} {op.name}: {' , '.join(op.inputs)} -> {op.output}"
+            kernels[fn] = k
+        return fn
+
+    fctx = _phase_context(sp, fwd, fn_of)
+    bctx = _phase_context(sp, bwd, fn_of)
+    kern_list = sorted(kernels.values(), key=lambda k: k["fn"])
+    pnames = [var(p) for p in sp.params]
+    pinfo = [(var(p), p, shape) for p, shape in sp.params.items()]
+    common = dict(banner_c=banner(cfg, "//"), banner_py=banner(cfg, "#"), cfg=cfg, name=name,
+                  NAME=name.upper(), T=T, params=sp.params, pnames=pnames, pinfo=pinfo, in_shape=sp.in_shape,
+                  out_shape=sp.out_shape, ws_bytes=ws, align=ALIGN)
+    out = {
+        f"{name}.h": render("c_header.h.j2", **common),
+        f"{name}.c": render("c_source.c.j2", kernels=kern_list, fwd=fctx, bwd=bctx, **common),
+        f"{name}_c.py": render("c_loader.py.j2", **common, bounds=_bounds(sp)),
+    }
+    if testbench:
+        d = _testbench_data(sp)
+        arrays = [("x", d["x"]), ("grad_y", d["grad_y"]), ("want_y", d["y"]), ("want_grad_x", d["grad_x"])]
+        arrays += [(f"param_{var(k)}", v) for k, v in d["params"].items()]
+        arrays += [(f"want_d_{var(k)}", d["grads"][k]) for k in sp.params]
+        out[f"{name}_main.c"] = render(
+            "c_main.c.j2", **common, tol="1e-10" if T == "double" else "1e-4",
+            arrays=[{"name": n, "n": a.size, "text": _array_text(a, T)} for n, a in arrays])
+    return out
+
+
+def _bounds(sp: Specialized) -> dict[str, str]:
+    from .numpy_target import init_bound
+
+    weights = {p: s for p, s in sp.params.items() if p.endswith(".weight")}
+    return {p: repr(init_bound(weights[p.rsplit(".", 1)[0] + ".weight"])) for p in sp.params}

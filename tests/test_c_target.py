@@ -274,3 +274,12 @@ def test_committed_c_files_in_sync(tmp_path):
         committed = ROOT / "generated" / path.name
         assert committed.read_bytes() == path.read_bytes(), (
             f"generated/{path.name} is stale: run `unetc emit examples/small.yaml --target c -o generated`")
+
+
+def test_workspace_plan_checker_catches_overlap():
+    sp = specialize(CONFIG_MATRIX["overlap_pool"])
+    fwd, bwd = c_target.plans(sp)
+    c_target._verify(bwd, sp, 4)  # the real plan is sound
+    bwd.offsets = {r: 0 for r in bwd.offsets}  # everything at offset 0
+    with pytest.raises(AssertionError, match="workspace plan"):
+        c_target._verify(bwd, sp, 4)

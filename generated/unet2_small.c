@@ -62,27 +62,58 @@ static inline float unet2_small_sum(const float *restrict a, int n)
 /* conv2d down1_1: x -> z1 */
 static void k00_conv2d_down1_1(const float *restrict in, const float *restrict w, const float *restrict b, float *restrict out)
 {
-    for (int oc = 0; oc < 4; ++oc) {
+    for (int oc = 0; oc < 4; oc += 4) {
         for (int r = 0; r < 16; ++r) {
-            float *restrict yr = out + (oc * 16 + r) * 12;
-            for (int v = 0; v < 12; ++v)
-                yr[v] = b[oc];
+            float *restrict y0 = out + ((oc) * 16 + r) * 12;
+            float *restrict y1 = out + ((oc + 1) * 16 + r) * 12;
+            float *restrict y2 = out + ((oc + 2) * 16 + r) * 12;
+            float *restrict y3 = out + ((oc + 3) * 16 + r) * 12;
+            for (int v = 0; v < 12; ++v) {
+                y0[v] = b[oc];
+                y1[v] = b[oc + 1];
+                y2[v] = b[oc + 2];
+                y3[v] = b[oc + 3];
+            }
             for (int ic = 0; ic < 1; ++ic) {
                 for (int ki = 0; ki < 3; ++ki) {
                     const int ih = r * 1 - 1 + ki;
                     if (ih < 0 || ih >= 16)
                         continue;
                     const float *restrict xr = in + (ic * 16 + ih) * 12;
-                    const float *restrict wr = w + oc * 9 + ic * 9 + ki * 3;
-                    const float w0 = wr[0];
-                    const float w1 = wr[1];
-                    const float w2 = wr[2];
-                    for (int v = 0; v < 1; ++v)
-                        yr[v] += w1 * xr[v] + w2 * xr[v + 1];
-                    for (int v = 1; v < 11; ++v)
-                        yr[v] += w0 * xr[v - 1] + w1 * xr[v] + w2 * xr[v + 1];
-                    for (int v = 11; v < 12; ++v)
-                        yr[v] += w0 * xr[v - 1] + w1 * xr[v];
+                    const float *restrict wr0 = w + oc * 9 + ic * 9 + ki * 3;
+                    const float w0_0 = wr0[0];
+                    const float w0_1 = wr0[1];
+                    const float w0_2 = wr0[2];
+                    const float *restrict wr1 = w + (oc + 1) * 9 + ic * 9 + ki * 3;
+                    const float w1_0 = wr1[0];
+                    const float w1_1 = wr1[1];
+                    const float w1_2 = wr1[2];
+                    const float *restrict wr2 = w + (oc + 2) * 9 + ic * 9 + ki * 3;
+                    const float w2_0 = wr2[0];
+                    const float w2_1 = wr2[1];
+                    const float w2_2 = wr2[2];
+                    const float *restrict wr3 = w + (oc + 3) * 9 + ic * 9 + ki * 3;
+                    const float w3_0 = wr3[0];
+                    const float w3_1 = wr3[1];
+                    const float w3_2 = wr3[2];
+                    for (int v = 0; v < 1; ++v) {
+                        y0[v] += w0_1 * xr[v] + w0_2 * xr[v + 1];
+                        y1[v] += w1_1 * xr[v] + w1_2 * xr[v + 1];
+                        y2[v] += w2_1 * xr[v] + w2_2 * xr[v + 1];
+                        y3[v] += w3_1 * xr[v] + w3_2 * xr[v + 1];
+                    }
+                    for (int v = 1; v < 11; ++v) {
+                        y0[v] += w0_0 * xr[v - 1] + w0_1 * xr[v] + w0_2 * xr[v + 1];
+                        y1[v] += w1_0 * xr[v - 1] + w1_1 * xr[v] + w1_2 * xr[v + 1];
+                        y2[v] += w2_0 * xr[v - 1] + w2_1 * xr[v] + w2_2 * xr[v + 1];
+                        y3[v] += w3_0 * xr[v - 1] + w3_1 * xr[v] + w3_2 * xr[v + 1];
+                    }
+                    for (int v = 11; v < 12; ++v) {
+                        y0[v] += w0_0 * xr[v - 1] + w0_1 * xr[v];
+                        y1[v] += w1_0 * xr[v - 1] + w1_1 * xr[v];
+                        y2[v] += w2_0 * xr[v - 1] + w2_1 * xr[v];
+                        y3[v] += w3_0 * xr[v - 1] + w3_1 * xr[v];
+                    }
                 }
             }
         }
@@ -101,27 +132,58 @@ static void k01_relu_s1(const float *restrict in, float *restrict out)
 /* conv2d down1_2: s1 -> z2 */
 static void k02_conv2d_down1_2(const float *restrict in, const float *restrict w, const float *restrict b, float *restrict out)
 {
-    for (int oc = 0; oc < 4; ++oc) {
+    for (int oc = 0; oc < 4; oc += 4) {
         for (int r = 0; r < 16; ++r) {
-            float *restrict yr = out + (oc * 16 + r) * 12;
-            for (int v = 0; v < 12; ++v)
-                yr[v] = b[oc];
+            float *restrict y0 = out + ((oc) * 16 + r) * 12;
+            float *restrict y1 = out + ((oc + 1) * 16 + r) * 12;
+            float *restrict y2 = out + ((oc + 2) * 16 + r) * 12;
+            float *restrict y3 = out + ((oc + 3) * 16 + r) * 12;
+            for (int v = 0; v < 12; ++v) {
+                y0[v] = b[oc];
+                y1[v] = b[oc + 1];
+                y2[v] = b[oc + 2];
+                y3[v] = b[oc + 3];
+            }
             for (int ic = 0; ic < 4; ++ic) {
                 for (int ki = 0; ki < 3; ++ki) {
                     const int ih = r * 1 - 1 + ki;
                     if (ih < 0 || ih >= 16)
                         continue;
                     const float *restrict xr = in + (ic * 16 + ih) * 12;
-                    const float *restrict wr = w + oc * 36 + ic * 9 + ki * 3;
-                    const float w0 = wr[0];
-                    const float w1 = wr[1];
-                    const float w2 = wr[2];
-                    for (int v = 0; v < 1; ++v)
-                        yr[v] += w1 * xr[v] + w2 * xr[v + 1];
-                    for (int v = 1; v < 11; ++v)
-                        yr[v] += w0 * xr[v - 1] + w1 * xr[v] + w2 * xr[v + 1];
-                    for (int v = 11; v < 12; ++v)
-                        yr[v] += w0 * xr[v - 1] + w1 * xr[v];
+                    const float *restrict wr0 = w + oc * 36 + ic * 9 + ki * 3;
+                    const float w0_0 = wr0[0];
+                    const float w0_1 = wr0[1];
+                    const float w0_2 = wr0[2];
+                    const float *restrict wr1 = w + (oc + 1) * 36 + ic * 9 + ki * 3;
+                    const float w1_0 = wr1[0];
+                    const float w1_1 = wr1[1];
+                    const float w1_2 = wr1[2];
+                    const float *restrict wr2 = w + (oc + 2) * 36 + ic * 9 + ki * 3;
+                    const float w2_0 = wr2[0];
+                    const float w2_1 = wr2[1];
+                    const float w2_2 = wr2[2];
+                    const float *restrict wr3 = w + (oc + 3) * 36 + ic * 9 + ki * 3;
+                    const float w3_0 = wr3[0];
+                    const float w3_1 = wr3[1];
+                    const float w3_2 = wr3[2];
+                    for (int v = 0; v < 1; ++v) {
+                        y0[v] += w0_1 * xr[v] + w0_2 * xr[v + 1];
+                        y1[v] += w1_1 * xr[v] + w1_2 * xr[v + 1];
+                        y2[v] += w2_1 * xr[v] + w2_2 * xr[v + 1];
+                        y3[v] += w3_1 * xr[v] + w3_2 * xr[v + 1];
+                    }
+                    for (int v = 1; v < 11; ++v) {
+                        y0[v] += w0_0 * xr[v - 1] + w0_1 * xr[v] + w0_2 * xr[v + 1];
+                        y1[v] += w1_0 * xr[v - 1] + w1_1 * xr[v] + w1_2 * xr[v + 1];
+                        y2[v] += w2_0 * xr[v - 1] + w2_1 * xr[v] + w2_2 * xr[v + 1];
+                        y3[v] += w3_0 * xr[v - 1] + w3_1 * xr[v] + w3_2 * xr[v + 1];
+                    }
+                    for (int v = 11; v < 12; ++v) {
+                        y0[v] += w0_0 * xr[v - 1] + w0_1 * xr[v];
+                        y1[v] += w1_0 * xr[v - 1] + w1_1 * xr[v];
+                        y2[v] += w2_0 * xr[v - 1] + w2_1 * xr[v];
+                        y3[v] += w3_0 * xr[v - 1] + w3_1 * xr[v];
+                    }
                 }
             }
         }
@@ -159,27 +221,58 @@ static void k04_maxpool2d_pool(const float *restrict in, float *restrict out)
 /* conv2d down2_1: pooled -> z3 */
 static void k05_conv2d_down2_1(const float *restrict in, const float *restrict w, const float *restrict b, float *restrict out)
 {
-    for (int oc = 0; oc < 8; ++oc) {
+    for (int oc = 0; oc < 8; oc += 4) {
         for (int r = 0; r < 8; ++r) {
-            float *restrict yr = out + (oc * 8 + r) * 6;
-            for (int v = 0; v < 6; ++v)
-                yr[v] = b[oc];
+            float *restrict y0 = out + ((oc) * 8 + r) * 6;
+            float *restrict y1 = out + ((oc + 1) * 8 + r) * 6;
+            float *restrict y2 = out + ((oc + 2) * 8 + r) * 6;
+            float *restrict y3 = out + ((oc + 3) * 8 + r) * 6;
+            for (int v = 0; v < 6; ++v) {
+                y0[v] = b[oc];
+                y1[v] = b[oc + 1];
+                y2[v] = b[oc + 2];
+                y3[v] = b[oc + 3];
+            }
             for (int ic = 0; ic < 4; ++ic) {
                 for (int ki = 0; ki < 3; ++ki) {
                     const int ih = r * 1 - 1 + ki;
                     if (ih < 0 || ih >= 8)
                         continue;
                     const float *restrict xr = in + (ic * 8 + ih) * 6;
-                    const float *restrict wr = w + oc * 36 + ic * 9 + ki * 3;
-                    const float w0 = wr[0];
-                    const float w1 = wr[1];
-                    const float w2 = wr[2];
-                    for (int v = 0; v < 1; ++v)
-                        yr[v] += w1 * xr[v] + w2 * xr[v + 1];
-                    for (int v = 1; v < 5; ++v)
-                        yr[v] += w0 * xr[v - 1] + w1 * xr[v] + w2 * xr[v + 1];
-                    for (int v = 5; v < 6; ++v)
-                        yr[v] += w0 * xr[v - 1] + w1 * xr[v];
+                    const float *restrict wr0 = w + oc * 36 + ic * 9 + ki * 3;
+                    const float w0_0 = wr0[0];
+                    const float w0_1 = wr0[1];
+                    const float w0_2 = wr0[2];
+                    const float *restrict wr1 = w + (oc + 1) * 36 + ic * 9 + ki * 3;
+                    const float w1_0 = wr1[0];
+                    const float w1_1 = wr1[1];
+                    const float w1_2 = wr1[2];
+                    const float *restrict wr2 = w + (oc + 2) * 36 + ic * 9 + ki * 3;
+                    const float w2_0 = wr2[0];
+                    const float w2_1 = wr2[1];
+                    const float w2_2 = wr2[2];
+                    const float *restrict wr3 = w + (oc + 3) * 36 + ic * 9 + ki * 3;
+                    const float w3_0 = wr3[0];
+                    const float w3_1 = wr3[1];
+                    const float w3_2 = wr3[2];
+                    for (int v = 0; v < 1; ++v) {
+                        y0[v] += w0_1 * xr[v] + w0_2 * xr[v + 1];
+                        y1[v] += w1_1 * xr[v] + w1_2 * xr[v + 1];
+                        y2[v] += w2_1 * xr[v] + w2_2 * xr[v + 1];
+                        y3[v] += w3_1 * xr[v] + w3_2 * xr[v + 1];
+                    }
+                    for (int v = 1; v < 5; ++v) {
+                        y0[v] += w0_0 * xr[v - 1] + w0_1 * xr[v] + w0_2 * xr[v + 1];
+                        y1[v] += w1_0 * xr[v - 1] + w1_1 * xr[v] + w1_2 * xr[v + 1];
+                        y2[v] += w2_0 * xr[v - 1] + w2_1 * xr[v] + w2_2 * xr[v + 1];
+                        y3[v] += w3_0 * xr[v - 1] + w3_1 * xr[v] + w3_2 * xr[v + 1];
+                    }
+                    for (int v = 5; v < 6; ++v) {
+                        y0[v] += w0_0 * xr[v - 1] + w0_1 * xr[v];
+                        y1[v] += w1_0 * xr[v - 1] + w1_1 * xr[v];
+                        y2[v] += w2_0 * xr[v - 1] + w2_1 * xr[v];
+                        y3[v] += w3_0 * xr[v - 1] + w3_1 * xr[v];
+                    }
                 }
             }
         }
@@ -198,27 +291,58 @@ static void k06_relu_b1(const float *restrict in, float *restrict out)
 /* conv2d down2_2: b1 -> z4 */
 static void k07_conv2d_down2_2(const float *restrict in, const float *restrict w, const float *restrict b, float *restrict out)
 {
-    for (int oc = 0; oc < 8; ++oc) {
+    for (int oc = 0; oc < 8; oc += 4) {
         for (int r = 0; r < 8; ++r) {
-            float *restrict yr = out + (oc * 8 + r) * 6;
-            for (int v = 0; v < 6; ++v)
-                yr[v] = b[oc];
+            float *restrict y0 = out + ((oc) * 8 + r) * 6;
+            float *restrict y1 = out + ((oc + 1) * 8 + r) * 6;
+            float *restrict y2 = out + ((oc + 2) * 8 + r) * 6;
+            float *restrict y3 = out + ((oc + 3) * 8 + r) * 6;
+            for (int v = 0; v < 6; ++v) {
+                y0[v] = b[oc];
+                y1[v] = b[oc + 1];
+                y2[v] = b[oc + 2];
+                y3[v] = b[oc + 3];
+            }
             for (int ic = 0; ic < 8; ++ic) {
                 for (int ki = 0; ki < 3; ++ki) {
                     const int ih = r * 1 - 1 + ki;
                     if (ih < 0 || ih >= 8)
                         continue;
                     const float *restrict xr = in + (ic * 8 + ih) * 6;
-                    const float *restrict wr = w + oc * 72 + ic * 9 + ki * 3;
-                    const float w0 = wr[0];
-                    const float w1 = wr[1];
-                    const float w2 = wr[2];
-                    for (int v = 0; v < 1; ++v)
-                        yr[v] += w1 * xr[v] + w2 * xr[v + 1];
-                    for (int v = 1; v < 5; ++v)
-                        yr[v] += w0 * xr[v - 1] + w1 * xr[v] + w2 * xr[v + 1];
-                    for (int v = 5; v < 6; ++v)
-                        yr[v] += w0 * xr[v - 1] + w1 * xr[v];
+                    const float *restrict wr0 = w + oc * 72 + ic * 9 + ki * 3;
+                    const float w0_0 = wr0[0];
+                    const float w0_1 = wr0[1];
+                    const float w0_2 = wr0[2];
+                    const float *restrict wr1 = w + (oc + 1) * 72 + ic * 9 + ki * 3;
+                    const float w1_0 = wr1[0];
+                    const float w1_1 = wr1[1];
+                    const float w1_2 = wr1[2];
+                    const float *restrict wr2 = w + (oc + 2) * 72 + ic * 9 + ki * 3;
+                    const float w2_0 = wr2[0];
+                    const float w2_1 = wr2[1];
+                    const float w2_2 = wr2[2];
+                    const float *restrict wr3 = w + (oc + 3) * 72 + ic * 9 + ki * 3;
+                    const float w3_0 = wr3[0];
+                    const float w3_1 = wr3[1];
+                    const float w3_2 = wr3[2];
+                    for (int v = 0; v < 1; ++v) {
+                        y0[v] += w0_1 * xr[v] + w0_2 * xr[v + 1];
+                        y1[v] += w1_1 * xr[v] + w1_2 * xr[v + 1];
+                        y2[v] += w2_1 * xr[v] + w2_2 * xr[v + 1];
+                        y3[v] += w3_1 * xr[v] + w3_2 * xr[v + 1];
+                    }
+                    for (int v = 1; v < 5; ++v) {
+                        y0[v] += w0_0 * xr[v - 1] + w0_1 * xr[v] + w0_2 * xr[v + 1];
+                        y1[v] += w1_0 * xr[v - 1] + w1_1 * xr[v] + w1_2 * xr[v + 1];
+                        y2[v] += w2_0 * xr[v - 1] + w2_1 * xr[v] + w2_2 * xr[v + 1];
+                        y3[v] += w3_0 * xr[v - 1] + w3_1 * xr[v] + w3_2 * xr[v + 1];
+                    }
+                    for (int v = 5; v < 6; ++v) {
+                        y0[v] += w0_0 * xr[v - 1] + w0_1 * xr[v];
+                        y1[v] += w1_0 * xr[v - 1] + w1_1 * xr[v];
+                        y2[v] += w2_0 * xr[v - 1] + w2_1 * xr[v];
+                        y3[v] += w3_0 * xr[v - 1] + w3_1 * xr[v];
+                    }
                 }
             }
         }
@@ -237,11 +361,18 @@ static void k08_relu_bottleneck(const float *restrict in, float *restrict out)
 /* conv_transpose2d upT: bottleneck -> up */
 static void k09_conv_transpose2d_upT(const float *restrict in, const float *restrict w, const float *restrict b, float *restrict out)
 {
-    for (int oc = 0; oc < 4; ++oc) {
+    for (int oc = 0; oc < 4; oc += 4) {
         for (int r = 0; r < 16; ++r) {
-            float *restrict yr = out + (oc * 16 + r) * 12;
-            for (int v = 0; v < 12; ++v)
-                yr[v] = b[oc];
+            float *restrict y0 = out + ((oc) * 16 + r) * 12;
+            float *restrict y1 = out + ((oc + 1) * 16 + r) * 12;
+            float *restrict y2 = out + ((oc + 2) * 16 + r) * 12;
+            float *restrict y3 = out + ((oc + 3) * 16 + r) * 12;
+            for (int v = 0; v < 12; ++v) {
+                y0[v] = b[oc];
+                y1[v] = b[oc + 1];
+                y2[v] = b[oc + 2];
+                y3[v] = b[oc + 3];
+            }
             for (int ic = 0; ic < 8; ++ic) {
                 for (int ki = 0; ki < 2; ++ki) {
                     const int t = r + 0 - ki;
@@ -251,13 +382,30 @@ static void k09_conv_transpose2d_upT(const float *restrict in, const float *rest
                     if (ih >= 8)
                         continue;
                     const float *restrict xr = in + (ic * 8 + ih) * 6;
-                    const float *restrict wr = w + oc * 4 + ic * 16 + ki * 2;
-                    const float w0 = wr[0];
-                    const float w1 = wr[1];
-                    for (int v = 0; v < 6; ++v)
-                        yr[2 * v] += w0 * xr[v];
-                    for (int v = 0; v < 6; ++v)
-                        yr[2 * v + 1] += w1 * xr[v];
+                    const float *restrict wr0 = w + oc * 4 + ic * 16 + ki * 2;
+                    const float w0_0 = wr0[0];
+                    const float w0_1 = wr0[1];
+                    const float *restrict wr1 = w + (oc + 1) * 4 + ic * 16 + ki * 2;
+                    const float w1_0 = wr1[0];
+                    const float w1_1 = wr1[1];
+                    const float *restrict wr2 = w + (oc + 2) * 4 + ic * 16 + ki * 2;
+                    const float w2_0 = wr2[0];
+                    const float w2_1 = wr2[1];
+                    const float *restrict wr3 = w + (oc + 3) * 4 + ic * 16 + ki * 2;
+                    const float w3_0 = wr3[0];
+                    const float w3_1 = wr3[1];
+                    for (int v = 0; v < 6; ++v) {
+                        y0[2 * v] += w0_0 * xr[v];
+                        y1[2 * v] += w1_0 * xr[v];
+                        y2[2 * v] += w2_0 * xr[v];
+                        y3[2 * v] += w3_0 * xr[v];
+                    }
+                    for (int v = 0; v < 6; ++v) {
+                        y0[2 * v + 1] += w0_1 * xr[v];
+                        y1[2 * v + 1] += w1_1 * xr[v];
+                        y2[2 * v + 1] += w2_1 * xr[v];
+                        y3[2 * v + 1] += w3_1 * xr[v];
+                    }
                 }
             }
         }
@@ -268,27 +416,58 @@ static void k09_conv_transpose2d_upT(const float *restrict in, const float *rest
 /* conv2d up1_1: merged -> z5 */
 static void k11_conv2d_up1_1(const float *restrict in, const float *restrict w, const float *restrict b, float *restrict out)
 {
-    for (int oc = 0; oc < 4; ++oc) {
+    for (int oc = 0; oc < 4; oc += 4) {
         for (int r = 0; r < 16; ++r) {
-            float *restrict yr = out + (oc * 16 + r) * 12;
-            for (int v = 0; v < 12; ++v)
-                yr[v] = b[oc];
+            float *restrict y0 = out + ((oc) * 16 + r) * 12;
+            float *restrict y1 = out + ((oc + 1) * 16 + r) * 12;
+            float *restrict y2 = out + ((oc + 2) * 16 + r) * 12;
+            float *restrict y3 = out + ((oc + 3) * 16 + r) * 12;
+            for (int v = 0; v < 12; ++v) {
+                y0[v] = b[oc];
+                y1[v] = b[oc + 1];
+                y2[v] = b[oc + 2];
+                y3[v] = b[oc + 3];
+            }
             for (int ic = 0; ic < 8; ++ic) {
                 for (int ki = 0; ki < 3; ++ki) {
                     const int ih = r * 1 - 1 + ki;
                     if (ih < 0 || ih >= 16)
                         continue;
                     const float *restrict xr = in + (ic * 16 + ih) * 12;
-                    const float *restrict wr = w + oc * 72 + ic * 9 + ki * 3;
-                    const float w0 = wr[0];
-                    const float w1 = wr[1];
-                    const float w2 = wr[2];
-                    for (int v = 0; v < 1; ++v)
-                        yr[v] += w1 * xr[v] + w2 * xr[v + 1];
-                    for (int v = 1; v < 11; ++v)
-                        yr[v] += w0 * xr[v - 1] + w1 * xr[v] + w2 * xr[v + 1];
-                    for (int v = 11; v < 12; ++v)
-                        yr[v] += w0 * xr[v - 1] + w1 * xr[v];
+                    const float *restrict wr0 = w + oc * 72 + ic * 9 + ki * 3;
+                    const float w0_0 = wr0[0];
+                    const float w0_1 = wr0[1];
+                    const float w0_2 = wr0[2];
+                    const float *restrict wr1 = w + (oc + 1) * 72 + ic * 9 + ki * 3;
+                    const float w1_0 = wr1[0];
+                    const float w1_1 = wr1[1];
+                    const float w1_2 = wr1[2];
+                    const float *restrict wr2 = w + (oc + 2) * 72 + ic * 9 + ki * 3;
+                    const float w2_0 = wr2[0];
+                    const float w2_1 = wr2[1];
+                    const float w2_2 = wr2[2];
+                    const float *restrict wr3 = w + (oc + 3) * 72 + ic * 9 + ki * 3;
+                    const float w3_0 = wr3[0];
+                    const float w3_1 = wr3[1];
+                    const float w3_2 = wr3[2];
+                    for (int v = 0; v < 1; ++v) {
+                        y0[v] += w0_1 * xr[v] + w0_2 * xr[v + 1];
+                        y1[v] += w1_1 * xr[v] + w1_2 * xr[v + 1];
+                        y2[v] += w2_1 * xr[v] + w2_2 * xr[v + 1];
+                        y3[v] += w3_1 * xr[v] + w3_2 * xr[v + 1];
+                    }
+                    for (int v = 1; v < 11; ++v) {
+                        y0[v] += w0_0 * xr[v - 1] + w0_1 * xr[v] + w0_2 * xr[v + 1];
+                        y1[v] += w1_0 * xr[v - 1] + w1_1 * xr[v] + w1_2 * xr[v + 1];
+                        y2[v] += w2_0 * xr[v - 1] + w2_1 * xr[v] + w2_2 * xr[v + 1];
+                        y3[v] += w3_0 * xr[v - 1] + w3_1 * xr[v] + w3_2 * xr[v + 1];
+                    }
+                    for (int v = 11; v < 12; ++v) {
+                        y0[v] += w0_0 * xr[v - 1] + w0_1 * xr[v];
+                        y1[v] += w1_0 * xr[v - 1] + w1_1 * xr[v];
+                        y2[v] += w2_0 * xr[v - 1] + w2_1 * xr[v];
+                        y3[v] += w3_0 * xr[v - 1] + w3_1 * xr[v];
+                    }
                 }
             }
         }
@@ -307,27 +486,58 @@ static void k12_relu_u1(const float *restrict in, float *restrict out)
 /* conv2d up1_2: u1 -> z6 */
 static void k13_conv2d_up1_2(const float *restrict in, const float *restrict w, const float *restrict b, float *restrict out)
 {
-    for (int oc = 0; oc < 4; ++oc) {
+    for (int oc = 0; oc < 4; oc += 4) {
         for (int r = 0; r < 16; ++r) {
-            float *restrict yr = out + (oc * 16 + r) * 12;
-            for (int v = 0; v < 12; ++v)
-                yr[v] = b[oc];
+            float *restrict y0 = out + ((oc) * 16 + r) * 12;
+            float *restrict y1 = out + ((oc + 1) * 16 + r) * 12;
+            float *restrict y2 = out + ((oc + 2) * 16 + r) * 12;
+            float *restrict y3 = out + ((oc + 3) * 16 + r) * 12;
+            for (int v = 0; v < 12; ++v) {
+                y0[v] = b[oc];
+                y1[v] = b[oc + 1];
+                y2[v] = b[oc + 2];
+                y3[v] = b[oc + 3];
+            }
             for (int ic = 0; ic < 4; ++ic) {
                 for (int ki = 0; ki < 3; ++ki) {
                     const int ih = r * 1 - 1 + ki;
                     if (ih < 0 || ih >= 16)
                         continue;
                     const float *restrict xr = in + (ic * 16 + ih) * 12;
-                    const float *restrict wr = w + oc * 36 + ic * 9 + ki * 3;
-                    const float w0 = wr[0];
-                    const float w1 = wr[1];
-                    const float w2 = wr[2];
-                    for (int v = 0; v < 1; ++v)
-                        yr[v] += w1 * xr[v] + w2 * xr[v + 1];
-                    for (int v = 1; v < 11; ++v)
-                        yr[v] += w0 * xr[v - 1] + w1 * xr[v] + w2 * xr[v + 1];
-                    for (int v = 11; v < 12; ++v)
-                        yr[v] += w0 * xr[v - 1] + w1 * xr[v];
+                    const float *restrict wr0 = w + oc * 36 + ic * 9 + ki * 3;
+                    const float w0_0 = wr0[0];
+                    const float w0_1 = wr0[1];
+                    const float w0_2 = wr0[2];
+                    const float *restrict wr1 = w + (oc + 1) * 36 + ic * 9 + ki * 3;
+                    const float w1_0 = wr1[0];
+                    const float w1_1 = wr1[1];
+                    const float w1_2 = wr1[2];
+                    const float *restrict wr2 = w + (oc + 2) * 36 + ic * 9 + ki * 3;
+                    const float w2_0 = wr2[0];
+                    const float w2_1 = wr2[1];
+                    const float w2_2 = wr2[2];
+                    const float *restrict wr3 = w + (oc + 3) * 36 + ic * 9 + ki * 3;
+                    const float w3_0 = wr3[0];
+                    const float w3_1 = wr3[1];
+                    const float w3_2 = wr3[2];
+                    for (int v = 0; v < 1; ++v) {
+                        y0[v] += w0_1 * xr[v] + w0_2 * xr[v + 1];
+                        y1[v] += w1_1 * xr[v] + w1_2 * xr[v + 1];
+                        y2[v] += w2_1 * xr[v] + w2_2 * xr[v + 1];
+                        y3[v] += w3_1 * xr[v] + w3_2 * xr[v + 1];
+                    }
+                    for (int v = 1; v < 11; ++v) {
+                        y0[v] += w0_0 * xr[v - 1] + w0_1 * xr[v] + w0_2 * xr[v + 1];
+                        y1[v] += w1_0 * xr[v - 1] + w1_1 * xr[v] + w1_2 * xr[v + 1];
+                        y2[v] += w2_0 * xr[v - 1] + w2_1 * xr[v] + w2_2 * xr[v + 1];
+                        y3[v] += w3_0 * xr[v - 1] + w3_1 * xr[v] + w3_2 * xr[v + 1];
+                    }
+                    for (int v = 11; v < 12; ++v) {
+                        y0[v] += w0_0 * xr[v - 1] + w0_1 * xr[v];
+                        y1[v] += w1_0 * xr[v - 1] + w1_1 * xr[v];
+                        y2[v] += w2_0 * xr[v - 1] + w2_1 * xr[v];
+                        y3[v] += w3_0 * xr[v - 1] + w3_1 * xr[v];
+                    }
                 }
             }
         }
@@ -346,21 +556,28 @@ static void k14_relu_u2(const float *restrict in, float *restrict out)
 /* conv2d out1x1: u2 -> y */
 static void k15_conv2d_out1x1(const float *restrict in, const float *restrict w, const float *restrict b, float *restrict out)
 {
-    for (int oc = 0; oc < 2; ++oc) {
+    for (int oc = 0; oc < 2; oc += 2) {
         for (int r = 0; r < 16; ++r) {
-            float *restrict yr = out + (oc * 16 + r) * 12;
-            for (int v = 0; v < 12; ++v)
-                yr[v] = b[oc];
+            float *restrict y0 = out + ((oc) * 16 + r) * 12;
+            float *restrict y1 = out + ((oc + 1) * 16 + r) * 12;
+            for (int v = 0; v < 12; ++v) {
+                y0[v] = b[oc];
+                y1[v] = b[oc + 1];
+            }
             for (int ic = 0; ic < 4; ++ic) {
                 for (int ki = 0; ki < 1; ++ki) {
                     const int ih = r * 1 - 0 + ki;
                     if (ih < 0 || ih >= 16)
                         continue;
                     const float *restrict xr = in + (ic * 16 + ih) * 12;
-                    const float *restrict wr = w + oc * 4 + ic * 1 + ki * 1;
-                    const float w0 = wr[0];
-                    for (int v = 0; v < 12; ++v)
-                        yr[v] += w0 * xr[v];
+                    const float *restrict wr0 = w + oc * 4 + ic * 1 + ki * 1;
+                    const float w0_0 = wr0[0];
+                    const float *restrict wr1 = w + (oc + 1) * 4 + ic * 1 + ki * 1;
+                    const float w1_0 = wr1[0];
+                    for (int v = 0; v < 12; ++v) {
+                        y0[v] += w0_0 * xr[v];
+                        y1[v] += w1_0 * xr[v];
+                    }
                 }
             }
         }
@@ -403,11 +620,18 @@ static void k17_bias_grad_out1x1_bias(const float *restrict in, float *restrict 
 /* conv2d_grad_input out1x1: grad_y -> d_u2__out1x1 */
 static void k18_conv2d_grad_input_out1x1(const float *restrict dy, const float *restrict w, float *restrict out)
 {
-    for (int oc = 0; oc < 4; ++oc) {
+    for (int oc = 0; oc < 4; oc += 4) {
         for (int r = 0; r < 16; ++r) {
-            float *restrict yr = out + (oc * 16 + r) * 12;
-            for (int v = 0; v < 12; ++v)
-                yr[v] = 0;
+            float *restrict y0 = out + ((oc) * 16 + r) * 12;
+            float *restrict y1 = out + ((oc + 1) * 16 + r) * 12;
+            float *restrict y2 = out + ((oc + 2) * 16 + r) * 12;
+            float *restrict y3 = out + ((oc + 3) * 16 + r) * 12;
+            for (int v = 0; v < 12; ++v) {
+                y0[v] = 0;
+                y1[v] = 0;
+                y2[v] = 0;
+                y3[v] = 0;
+            }
             for (int ic = 0; ic < 2; ++ic) {
                 for (int ki = 0; ki < 1; ++ki) {
                     const int t = r + 0 - ki;
@@ -417,10 +641,20 @@ static void k18_conv2d_grad_input_out1x1(const float *restrict dy, const float *
                     if (ih >= 16)
                         continue;
                     const float *restrict xr = dy + (ic * 16 + ih) * 12;
-                    const float *restrict wr = w + oc * 1 + ic * 4 + ki * 1;
-                    const float w0 = wr[0];
-                    for (int v = 0; v < 12; ++v)
-                        yr[v] += w0 * xr[v];
+                    const float *restrict wr0 = w + oc * 1 + ic * 4 + ki * 1;
+                    const float w0_0 = wr0[0];
+                    const float *restrict wr1 = w + (oc + 1) * 1 + ic * 4 + ki * 1;
+                    const float w1_0 = wr1[0];
+                    const float *restrict wr2 = w + (oc + 2) * 1 + ic * 4 + ki * 1;
+                    const float w2_0 = wr2[0];
+                    const float *restrict wr3 = w + (oc + 3) * 1 + ic * 4 + ki * 1;
+                    const float w3_0 = wr3[0];
+                    for (int v = 0; v < 12; ++v) {
+                        y0[v] += w0_0 * xr[v];
+                        y1[v] += w1_0 * xr[v];
+                        y2[v] += w2_0 * xr[v];
+                        y3[v] += w3_0 * xr[v];
+                    }
                 }
             }
         }
@@ -485,11 +719,18 @@ static void k21_bias_grad_up1_2_bias(const float *restrict in, float *restrict o
 /* conv2d_grad_input up1_2: d_z6__u2 -> d_u1__up1_2 */
 static void k22_conv2d_grad_input_up1_2(const float *restrict dy, const float *restrict w, float *restrict out)
 {
-    for (int oc = 0; oc < 4; ++oc) {
+    for (int oc = 0; oc < 4; oc += 4) {
         for (int r = 0; r < 16; ++r) {
-            float *restrict yr = out + (oc * 16 + r) * 12;
-            for (int v = 0; v < 12; ++v)
-                yr[v] = 0;
+            float *restrict y0 = out + ((oc) * 16 + r) * 12;
+            float *restrict y1 = out + ((oc + 1) * 16 + r) * 12;
+            float *restrict y2 = out + ((oc + 2) * 16 + r) * 12;
+            float *restrict y3 = out + ((oc + 3) * 16 + r) * 12;
+            for (int v = 0; v < 12; ++v) {
+                y0[v] = 0;
+                y1[v] = 0;
+                y2[v] = 0;
+                y3[v] = 0;
+            }
             for (int ic = 0; ic < 4; ++ic) {
                 for (int ki = 0; ki < 3; ++ki) {
                     const int t = r + 1 - ki;
@@ -499,16 +740,40 @@ static void k22_conv2d_grad_input_up1_2(const float *restrict dy, const float *r
                     if (ih >= 16)
                         continue;
                     const float *restrict xr = dy + (ic * 16 + ih) * 12;
-                    const float *restrict wr = w + oc * 9 + ic * 36 + ki * 3;
-                    const float w0 = wr[0];
-                    const float w1 = wr[1];
-                    const float w2 = wr[2];
-                    for (int v = 0; v < 1; ++v)
-                        yr[v] += w0 * xr[v + 1] + w1 * xr[v];
-                    for (int v = 1; v < 11; ++v)
-                        yr[v] += w0 * xr[v + 1] + w1 * xr[v] + w2 * xr[v - 1];
-                    for (int v = 11; v < 12; ++v)
-                        yr[v] += w1 * xr[v] + w2 * xr[v - 1];
+                    const float *restrict wr0 = w + oc * 9 + ic * 36 + ki * 3;
+                    const float w0_0 = wr0[0];
+                    const float w0_1 = wr0[1];
+                    const float w0_2 = wr0[2];
+                    const float *restrict wr1 = w + (oc + 1) * 9 + ic * 36 + ki * 3;
+                    const float w1_0 = wr1[0];
+                    const float w1_1 = wr1[1];
+                    const float w1_2 = wr1[2];
+                    const float *restrict wr2 = w + (oc + 2) * 9 + ic * 36 + ki * 3;
+                    const float w2_0 = wr2[0];
+                    const float w2_1 = wr2[1];
+                    const float w2_2 = wr2[2];
+                    const float *restrict wr3 = w + (oc + 3) * 9 + ic * 36 + ki * 3;
+                    const float w3_0 = wr3[0];
+                    const float w3_1 = wr3[1];
+                    const float w3_2 = wr3[2];
+                    for (int v = 0; v < 1; ++v) {
+                        y0[v] += w0_0 * xr[v + 1] + w0_1 * xr[v];
+                        y1[v] += w1_0 * xr[v + 1] + w1_1 * xr[v];
+                        y2[v] += w2_0 * xr[v + 1] + w2_1 * xr[v];
+                        y3[v] += w3_0 * xr[v + 1] + w3_1 * xr[v];
+                    }
+                    for (int v = 1; v < 11; ++v) {
+                        y0[v] += w0_0 * xr[v + 1] + w0_1 * xr[v] + w0_2 * xr[v - 1];
+                        y1[v] += w1_0 * xr[v + 1] + w1_1 * xr[v] + w1_2 * xr[v - 1];
+                        y2[v] += w2_0 * xr[v + 1] + w2_1 * xr[v] + w2_2 * xr[v - 1];
+                        y3[v] += w3_0 * xr[v + 1] + w3_1 * xr[v] + w3_2 * xr[v - 1];
+                    }
+                    for (int v = 11; v < 12; ++v) {
+                        y0[v] += w0_1 * xr[v] + w0_2 * xr[v - 1];
+                        y1[v] += w1_1 * xr[v] + w1_2 * xr[v - 1];
+                        y2[v] += w2_1 * xr[v] + w2_2 * xr[v - 1];
+                        y3[v] += w3_1 * xr[v] + w3_2 * xr[v - 1];
+                    }
                 }
             }
         }
@@ -573,11 +838,18 @@ static void k25_bias_grad_up1_1_bias(const float *restrict in, float *restrict o
 /* conv2d_grad_input up1_1: d_z5__u1 -> d_merged__up1_1 */
 static void k26_conv2d_grad_input_up1_1(const float *restrict dy, const float *restrict w, float *restrict out)
 {
-    for (int oc = 0; oc < 8; ++oc) {
+    for (int oc = 0; oc < 8; oc += 4) {
         for (int r = 0; r < 16; ++r) {
-            float *restrict yr = out + (oc * 16 + r) * 12;
-            for (int v = 0; v < 12; ++v)
-                yr[v] = 0;
+            float *restrict y0 = out + ((oc) * 16 + r) * 12;
+            float *restrict y1 = out + ((oc + 1) * 16 + r) * 12;
+            float *restrict y2 = out + ((oc + 2) * 16 + r) * 12;
+            float *restrict y3 = out + ((oc + 3) * 16 + r) * 12;
+            for (int v = 0; v < 12; ++v) {
+                y0[v] = 0;
+                y1[v] = 0;
+                y2[v] = 0;
+                y3[v] = 0;
+            }
             for (int ic = 0; ic < 4; ++ic) {
                 for (int ki = 0; ki < 3; ++ki) {
                     const int t = r + 1 - ki;
@@ -587,16 +859,40 @@ static void k26_conv2d_grad_input_up1_1(const float *restrict dy, const float *r
                     if (ih >= 16)
                         continue;
                     const float *restrict xr = dy + (ic * 16 + ih) * 12;
-                    const float *restrict wr = w + oc * 9 + ic * 72 + ki * 3;
-                    const float w0 = wr[0];
-                    const float w1 = wr[1];
-                    const float w2 = wr[2];
-                    for (int v = 0; v < 1; ++v)
-                        yr[v] += w0 * xr[v + 1] + w1 * xr[v];
-                    for (int v = 1; v < 11; ++v)
-                        yr[v] += w0 * xr[v + 1] + w1 * xr[v] + w2 * xr[v - 1];
-                    for (int v = 11; v < 12; ++v)
-                        yr[v] += w1 * xr[v] + w2 * xr[v - 1];
+                    const float *restrict wr0 = w + oc * 9 + ic * 72 + ki * 3;
+                    const float w0_0 = wr0[0];
+                    const float w0_1 = wr0[1];
+                    const float w0_2 = wr0[2];
+                    const float *restrict wr1 = w + (oc + 1) * 9 + ic * 72 + ki * 3;
+                    const float w1_0 = wr1[0];
+                    const float w1_1 = wr1[1];
+                    const float w1_2 = wr1[2];
+                    const float *restrict wr2 = w + (oc + 2) * 9 + ic * 72 + ki * 3;
+                    const float w2_0 = wr2[0];
+                    const float w2_1 = wr2[1];
+                    const float w2_2 = wr2[2];
+                    const float *restrict wr3 = w + (oc + 3) * 9 + ic * 72 + ki * 3;
+                    const float w3_0 = wr3[0];
+                    const float w3_1 = wr3[1];
+                    const float w3_2 = wr3[2];
+                    for (int v = 0; v < 1; ++v) {
+                        y0[v] += w0_0 * xr[v + 1] + w0_1 * xr[v];
+                        y1[v] += w1_0 * xr[v + 1] + w1_1 * xr[v];
+                        y2[v] += w2_0 * xr[v + 1] + w2_1 * xr[v];
+                        y3[v] += w3_0 * xr[v + 1] + w3_1 * xr[v];
+                    }
+                    for (int v = 1; v < 11; ++v) {
+                        y0[v] += w0_0 * xr[v + 1] + w0_1 * xr[v] + w0_2 * xr[v - 1];
+                        y1[v] += w1_0 * xr[v + 1] + w1_1 * xr[v] + w1_2 * xr[v - 1];
+                        y2[v] += w2_0 * xr[v + 1] + w2_1 * xr[v] + w2_2 * xr[v - 1];
+                        y3[v] += w3_0 * xr[v + 1] + w3_1 * xr[v] + w3_2 * xr[v - 1];
+                    }
+                    for (int v = 11; v < 12; ++v) {
+                        y0[v] += w0_1 * xr[v] + w0_2 * xr[v - 1];
+                        y1[v] += w1_1 * xr[v] + w1_2 * xr[v - 1];
+                        y2[v] += w2_1 * xr[v] + w2_2 * xr[v - 1];
+                        y3[v] += w3_1 * xr[v] + w3_2 * xr[v - 1];
+                    }
                 }
             }
         }
@@ -645,22 +941,42 @@ static void k30_bias_grad_upT_bias(const float *restrict in, float *restrict out
 /* conv_transpose2d_grad_input upT: d_up__merged -> d_bottleneck__upT */
 static void k31_conv_transpose2d_grad_input_upT(const float *restrict dy, const float *restrict w, float *restrict out)
 {
-    for (int oc = 0; oc < 8; ++oc) {
+    for (int oc = 0; oc < 8; oc += 4) {
         for (int r = 0; r < 8; ++r) {
-            float *restrict yr = out + (oc * 8 + r) * 6;
-            for (int v = 0; v < 6; ++v)
-                yr[v] = 0;
+            float *restrict y0 = out + ((oc) * 8 + r) * 6;
+            float *restrict y1 = out + ((oc + 1) * 8 + r) * 6;
+            float *restrict y2 = out + ((oc + 2) * 8 + r) * 6;
+            float *restrict y3 = out + ((oc + 3) * 8 + r) * 6;
+            for (int v = 0; v < 6; ++v) {
+                y0[v] = 0;
+                y1[v] = 0;
+                y2[v] = 0;
+                y3[v] = 0;
+            }
             for (int ic = 0; ic < 4; ++ic) {
                 for (int ki = 0; ki < 2; ++ki) {
                     const int ih = r * 2 - 0 + ki;
                     if (ih < 0 || ih >= 16)
                         continue;
                     const float *restrict xr = dy + (ic * 16 + ih) * 12;
-                    const float *restrict wr = w + oc * 16 + ic * 4 + ki * 2;
-                    const float w0 = wr[0];
-                    const float w1 = wr[1];
-                    for (int v = 0; v < 6; ++v)
-                        yr[v] += w0 * xr[2 * v] + w1 * xr[2 * v + 1];
+                    const float *restrict wr0 = w + oc * 16 + ic * 4 + ki * 2;
+                    const float w0_0 = wr0[0];
+                    const float w0_1 = wr0[1];
+                    const float *restrict wr1 = w + (oc + 1) * 16 + ic * 4 + ki * 2;
+                    const float w1_0 = wr1[0];
+                    const float w1_1 = wr1[1];
+                    const float *restrict wr2 = w + (oc + 2) * 16 + ic * 4 + ki * 2;
+                    const float w2_0 = wr2[0];
+                    const float w2_1 = wr2[1];
+                    const float *restrict wr3 = w + (oc + 3) * 16 + ic * 4 + ki * 2;
+                    const float w3_0 = wr3[0];
+                    const float w3_1 = wr3[1];
+                    for (int v = 0; v < 6; ++v) {
+                        y0[v] += w0_0 * xr[2 * v] + w0_1 * xr[2 * v + 1];
+                        y1[v] += w1_0 * xr[2 * v] + w1_1 * xr[2 * v + 1];
+                        y2[v] += w2_0 * xr[2 * v] + w2_1 * xr[2 * v + 1];
+                        y3[v] += w3_0 * xr[2 * v] + w3_1 * xr[2 * v + 1];
+                    }
                 }
             }
         }
@@ -725,11 +1041,18 @@ static void k34_bias_grad_down2_2_bias(const float *restrict in, float *restrict
 /* conv2d_grad_input down2_2: d_z4__bottleneck -> d_b1__down2_2 */
 static void k35_conv2d_grad_input_down2_2(const float *restrict dy, const float *restrict w, float *restrict out)
 {
-    for (int oc = 0; oc < 8; ++oc) {
+    for (int oc = 0; oc < 8; oc += 4) {
         for (int r = 0; r < 8; ++r) {
-            float *restrict yr = out + (oc * 8 + r) * 6;
-            for (int v = 0; v < 6; ++v)
-                yr[v] = 0;
+            float *restrict y0 = out + ((oc) * 8 + r) * 6;
+            float *restrict y1 = out + ((oc + 1) * 8 + r) * 6;
+            float *restrict y2 = out + ((oc + 2) * 8 + r) * 6;
+            float *restrict y3 = out + ((oc + 3) * 8 + r) * 6;
+            for (int v = 0; v < 6; ++v) {
+                y0[v] = 0;
+                y1[v] = 0;
+                y2[v] = 0;
+                y3[v] = 0;
+            }
             for (int ic = 0; ic < 8; ++ic) {
                 for (int ki = 0; ki < 3; ++ki) {
                     const int t = r + 1 - ki;
@@ -739,16 +1062,40 @@ static void k35_conv2d_grad_input_down2_2(const float *restrict dy, const float 
                     if (ih >= 8)
                         continue;
                     const float *restrict xr = dy + (ic * 8 + ih) * 6;
-                    const float *restrict wr = w + oc * 9 + ic * 72 + ki * 3;
-                    const float w0 = wr[0];
-                    const float w1 = wr[1];
-                    const float w2 = wr[2];
-                    for (int v = 0; v < 1; ++v)
-                        yr[v] += w0 * xr[v + 1] + w1 * xr[v];
-                    for (int v = 1; v < 5; ++v)
-                        yr[v] += w0 * xr[v + 1] + w1 * xr[v] + w2 * xr[v - 1];
-                    for (int v = 5; v < 6; ++v)
-                        yr[v] += w1 * xr[v] + w2 * xr[v - 1];
+                    const float *restrict wr0 = w + oc * 9 + ic * 72 + ki * 3;
+                    const float w0_0 = wr0[0];
+                    const float w0_1 = wr0[1];
+                    const float w0_2 = wr0[2];
+                    const float *restrict wr1 = w + (oc + 1) * 9 + ic * 72 + ki * 3;
+                    const float w1_0 = wr1[0];
+                    const float w1_1 = wr1[1];
+                    const float w1_2 = wr1[2];
+                    const float *restrict wr2 = w + (oc + 2) * 9 + ic * 72 + ki * 3;
+                    const float w2_0 = wr2[0];
+                    const float w2_1 = wr2[1];
+                    const float w2_2 = wr2[2];
+                    const float *restrict wr3 = w + (oc + 3) * 9 + ic * 72 + ki * 3;
+                    const float w3_0 = wr3[0];
+                    const float w3_1 = wr3[1];
+                    const float w3_2 = wr3[2];
+                    for (int v = 0; v < 1; ++v) {
+                        y0[v] += w0_0 * xr[v + 1] + w0_1 * xr[v];
+                        y1[v] += w1_0 * xr[v + 1] + w1_1 * xr[v];
+                        y2[v] += w2_0 * xr[v + 1] + w2_1 * xr[v];
+                        y3[v] += w3_0 * xr[v + 1] + w3_1 * xr[v];
+                    }
+                    for (int v = 1; v < 5; ++v) {
+                        y0[v] += w0_0 * xr[v + 1] + w0_1 * xr[v] + w0_2 * xr[v - 1];
+                        y1[v] += w1_0 * xr[v + 1] + w1_1 * xr[v] + w1_2 * xr[v - 1];
+                        y2[v] += w2_0 * xr[v + 1] + w2_1 * xr[v] + w2_2 * xr[v - 1];
+                        y3[v] += w3_0 * xr[v + 1] + w3_1 * xr[v] + w3_2 * xr[v - 1];
+                    }
+                    for (int v = 5; v < 6; ++v) {
+                        y0[v] += w0_1 * xr[v] + w0_2 * xr[v - 1];
+                        y1[v] += w1_1 * xr[v] + w1_2 * xr[v - 1];
+                        y2[v] += w2_1 * xr[v] + w2_2 * xr[v - 1];
+                        y3[v] += w3_1 * xr[v] + w3_2 * xr[v - 1];
+                    }
                 }
             }
         }
@@ -813,11 +1160,18 @@ static void k38_bias_grad_down2_1_bias(const float *restrict in, float *restrict
 /* conv2d_grad_input down2_1: d_z3__b1 -> d_pooled__down2_1 */
 static void k39_conv2d_grad_input_down2_1(const float *restrict dy, const float *restrict w, float *restrict out)
 {
-    for (int oc = 0; oc < 4; ++oc) {
+    for (int oc = 0; oc < 4; oc += 4) {
         for (int r = 0; r < 8; ++r) {
-            float *restrict yr = out + (oc * 8 + r) * 6;
-            for (int v = 0; v < 6; ++v)
-                yr[v] = 0;
+            float *restrict y0 = out + ((oc) * 8 + r) * 6;
+            float *restrict y1 = out + ((oc + 1) * 8 + r) * 6;
+            float *restrict y2 = out + ((oc + 2) * 8 + r) * 6;
+            float *restrict y3 = out + ((oc + 3) * 8 + r) * 6;
+            for (int v = 0; v < 6; ++v) {
+                y0[v] = 0;
+                y1[v] = 0;
+                y2[v] = 0;
+                y3[v] = 0;
+            }
             for (int ic = 0; ic < 8; ++ic) {
                 for (int ki = 0; ki < 3; ++ki) {
                     const int t = r + 1 - ki;
@@ -827,16 +1181,40 @@ static void k39_conv2d_grad_input_down2_1(const float *restrict dy, const float 
                     if (ih >= 8)
                         continue;
                     const float *restrict xr = dy + (ic * 8 + ih) * 6;
-                    const float *restrict wr = w + oc * 9 + ic * 36 + ki * 3;
-                    const float w0 = wr[0];
-                    const float w1 = wr[1];
-                    const float w2 = wr[2];
-                    for (int v = 0; v < 1; ++v)
-                        yr[v] += w0 * xr[v + 1] + w1 * xr[v];
-                    for (int v = 1; v < 5; ++v)
-                        yr[v] += w0 * xr[v + 1] + w1 * xr[v] + w2 * xr[v - 1];
-                    for (int v = 5; v < 6; ++v)
-                        yr[v] += w1 * xr[v] + w2 * xr[v - 1];
+                    const float *restrict wr0 = w + oc * 9 + ic * 36 + ki * 3;
+                    const float w0_0 = wr0[0];
+                    const float w0_1 = wr0[1];
+                    const float w0_2 = wr0[2];
+                    const float *restrict wr1 = w + (oc + 1) * 9 + ic * 36 + ki * 3;
+                    const float w1_0 = wr1[0];
+                    const float w1_1 = wr1[1];
+                    const float w1_2 = wr1[2];
+                    const float *restrict wr2 = w + (oc + 2) * 9 + ic * 36 + ki * 3;
+                    const float w2_0 = wr2[0];
+                    const float w2_1 = wr2[1];
+                    const float w2_2 = wr2[2];
+                    const float *restrict wr3 = w + (oc + 3) * 9 + ic * 36 + ki * 3;
+                    const float w3_0 = wr3[0];
+                    const float w3_1 = wr3[1];
+                    const float w3_2 = wr3[2];
+                    for (int v = 0; v < 1; ++v) {
+                        y0[v] += w0_0 * xr[v + 1] + w0_1 * xr[v];
+                        y1[v] += w1_0 * xr[v + 1] + w1_1 * xr[v];
+                        y2[v] += w2_0 * xr[v + 1] + w2_1 * xr[v];
+                        y3[v] += w3_0 * xr[v + 1] + w3_1 * xr[v];
+                    }
+                    for (int v = 1; v < 5; ++v) {
+                        y0[v] += w0_0 * xr[v + 1] + w0_1 * xr[v] + w0_2 * xr[v - 1];
+                        y1[v] += w1_0 * xr[v + 1] + w1_1 * xr[v] + w1_2 * xr[v - 1];
+                        y2[v] += w2_0 * xr[v + 1] + w2_1 * xr[v] + w2_2 * xr[v - 1];
+                        y3[v] += w3_0 * xr[v + 1] + w3_1 * xr[v] + w3_2 * xr[v - 1];
+                    }
+                    for (int v = 5; v < 6; ++v) {
+                        y0[v] += w0_1 * xr[v] + w0_2 * xr[v - 1];
+                        y1[v] += w1_1 * xr[v] + w1_2 * xr[v - 1];
+                        y2[v] += w2_1 * xr[v] + w2_2 * xr[v - 1];
+                        y3[v] += w3_1 * xr[v] + w3_2 * xr[v - 1];
+                    }
                 }
             }
         }
@@ -934,11 +1312,18 @@ static void k44_bias_grad_down1_2_bias(const float *restrict in, float *restrict
 /* conv2d_grad_input down1_2: d_z2__skip1 -> d_s1__down1_2 */
 static void k45_conv2d_grad_input_down1_2(const float *restrict dy, const float *restrict w, float *restrict out)
 {
-    for (int oc = 0; oc < 4; ++oc) {
+    for (int oc = 0; oc < 4; oc += 4) {
         for (int r = 0; r < 16; ++r) {
-            float *restrict yr = out + (oc * 16 + r) * 12;
-            for (int v = 0; v < 12; ++v)
-                yr[v] = 0;
+            float *restrict y0 = out + ((oc) * 16 + r) * 12;
+            float *restrict y1 = out + ((oc + 1) * 16 + r) * 12;
+            float *restrict y2 = out + ((oc + 2) * 16 + r) * 12;
+            float *restrict y3 = out + ((oc + 3) * 16 + r) * 12;
+            for (int v = 0; v < 12; ++v) {
+                y0[v] = 0;
+                y1[v] = 0;
+                y2[v] = 0;
+                y3[v] = 0;
+            }
             for (int ic = 0; ic < 4; ++ic) {
                 for (int ki = 0; ki < 3; ++ki) {
                     const int t = r + 1 - ki;
@@ -948,16 +1333,40 @@ static void k45_conv2d_grad_input_down1_2(const float *restrict dy, const float 
                     if (ih >= 16)
                         continue;
                     const float *restrict xr = dy + (ic * 16 + ih) * 12;
-                    const float *restrict wr = w + oc * 9 + ic * 36 + ki * 3;
-                    const float w0 = wr[0];
-                    const float w1 = wr[1];
-                    const float w2 = wr[2];
-                    for (int v = 0; v < 1; ++v)
-                        yr[v] += w0 * xr[v + 1] + w1 * xr[v];
-                    for (int v = 1; v < 11; ++v)
-                        yr[v] += w0 * xr[v + 1] + w1 * xr[v] + w2 * xr[v - 1];
-                    for (int v = 11; v < 12; ++v)
-                        yr[v] += w1 * xr[v] + w2 * xr[v - 1];
+                    const float *restrict wr0 = w + oc * 9 + ic * 36 + ki * 3;
+                    const float w0_0 = wr0[0];
+                    const float w0_1 = wr0[1];
+                    const float w0_2 = wr0[2];
+                    const float *restrict wr1 = w + (oc + 1) * 9 + ic * 36 + ki * 3;
+                    const float w1_0 = wr1[0];
+                    const float w1_1 = wr1[1];
+                    const float w1_2 = wr1[2];
+                    const float *restrict wr2 = w + (oc + 2) * 9 + ic * 36 + ki * 3;
+                    const float w2_0 = wr2[0];
+                    const float w2_1 = wr2[1];
+                    const float w2_2 = wr2[2];
+                    const float *restrict wr3 = w + (oc + 3) * 9 + ic * 36 + ki * 3;
+                    const float w3_0 = wr3[0];
+                    const float w3_1 = wr3[1];
+                    const float w3_2 = wr3[2];
+                    for (int v = 0; v < 1; ++v) {
+                        y0[v] += w0_0 * xr[v + 1] + w0_1 * xr[v];
+                        y1[v] += w1_0 * xr[v + 1] + w1_1 * xr[v];
+                        y2[v] += w2_0 * xr[v + 1] + w2_1 * xr[v];
+                        y3[v] += w3_0 * xr[v + 1] + w3_1 * xr[v];
+                    }
+                    for (int v = 1; v < 11; ++v) {
+                        y0[v] += w0_0 * xr[v + 1] + w0_1 * xr[v] + w0_2 * xr[v - 1];
+                        y1[v] += w1_0 * xr[v + 1] + w1_1 * xr[v] + w1_2 * xr[v - 1];
+                        y2[v] += w2_0 * xr[v + 1] + w2_1 * xr[v] + w2_2 * xr[v - 1];
+                        y3[v] += w3_0 * xr[v + 1] + w3_1 * xr[v] + w3_2 * xr[v - 1];
+                    }
+                    for (int v = 11; v < 12; ++v) {
+                        y0[v] += w0_1 * xr[v] + w0_2 * xr[v - 1];
+                        y1[v] += w1_1 * xr[v] + w1_2 * xr[v - 1];
+                        y2[v] += w2_1 * xr[v] + w2_2 * xr[v - 1];
+                        y3[v] += w3_1 * xr[v] + w3_2 * xr[v - 1];
+                    }
                 }
             }
         }
@@ -1022,11 +1431,12 @@ static void k48_bias_grad_down1_1_bias(const float *restrict in, float *restrict
 /* conv2d_grad_input down1_1: d_z1__s1 -> d_x__down1_1 */
 static void k49_conv2d_grad_input_down1_1(const float *restrict dy, const float *restrict w, float *restrict out)
 {
-    for (int oc = 0; oc < 1; ++oc) {
+    for (int oc = 0; oc < 1; oc += 1) {
         for (int r = 0; r < 16; ++r) {
-            float *restrict yr = out + (oc * 16 + r) * 12;
-            for (int v = 0; v < 12; ++v)
-                yr[v] = 0;
+            float *restrict y0 = out + ((oc) * 16 + r) * 12;
+            for (int v = 0; v < 12; ++v) {
+                y0[v] = 0;
+            }
             for (int ic = 0; ic < 4; ++ic) {
                 for (int ki = 0; ki < 3; ++ki) {
                     const int t = r + 1 - ki;
@@ -1036,16 +1446,19 @@ static void k49_conv2d_grad_input_down1_1(const float *restrict dy, const float 
                     if (ih >= 16)
                         continue;
                     const float *restrict xr = dy + (ic * 16 + ih) * 12;
-                    const float *restrict wr = w + oc * 9 + ic * 9 + ki * 3;
-                    const float w0 = wr[0];
-                    const float w1 = wr[1];
-                    const float w2 = wr[2];
-                    for (int v = 0; v < 1; ++v)
-                        yr[v] += w0 * xr[v + 1] + w1 * xr[v];
-                    for (int v = 1; v < 11; ++v)
-                        yr[v] += w0 * xr[v + 1] + w1 * xr[v] + w2 * xr[v - 1];
-                    for (int v = 11; v < 12; ++v)
-                        yr[v] += w1 * xr[v] + w2 * xr[v - 1];
+                    const float *restrict wr0 = w + oc * 9 + ic * 9 + ki * 3;
+                    const float w0_0 = wr0[0];
+                    const float w0_1 = wr0[1];
+                    const float w0_2 = wr0[2];
+                    for (int v = 0; v < 1; ++v) {
+                        y0[v] += w0_0 * xr[v + 1] + w0_1 * xr[v];
+                    }
+                    for (int v = 1; v < 11; ++v) {
+                        y0[v] += w0_0 * xr[v + 1] + w0_1 * xr[v] + w0_2 * xr[v - 1];
+                    }
+                    for (int v = 11; v < 12; ++v) {
+                        y0[v] += w0_1 * xr[v] + w0_2 * xr[v - 1];
+                    }
                 }
             }
         }

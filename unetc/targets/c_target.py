@@ -200,7 +200,7 @@ def _verify(ph: Phase, sp: Specialized, esize: int) -> None:
 # ---------------------------------------------------------------- per-op kernel contexts
 
 def _gather(o_n, i_n, out_hw, in_hw, k, s, p, so, si, transposed, bias):
-    return {"O": o_n, "I": i_n, "R": out_hw[0], "C": out_hw[1], "H": in_hw[0], "W": in_hw[1],
+    return {"O": o_n, "OB": next(b for b in (4, 2, 1) if o_n % b == 0), "I": i_n, "R": out_hw[0], "C": out_hw[1], "H": in_hw[0], "W": in_hw[1],
             "K": k, "S": s, "P": p, "so": so, "si": si, "transposed": transposed, "bias": bias,
             "segs": col_segments(out_hw[1], in_hw[1], k, s, p, transposed),
             "wused": sorted({kj for seg in col_segments(out_hw[1], in_hw[1], k, s, p, transposed)

@@ -22,30 +22,275 @@
 //
 // U-Net-2 `unet2_small`: one static function per op instance, literal loop bounds. See unet2_small.h.
 #include <stdint.h>
+#include <string.h>
 #include "unet2_small.h"
 
 #define ALIGN 64
 
-/* dot product with 8 independent partial sums (vectorisable without reassociation flags) */
-static inline float unet2_small_dot(const float *restrict a, const float *restrict b, int n)
+#define MR 8  /* output channels per register block */
+#define MO 8  /* weight-gradient tile: output channels ... */
+#define NN 3  /* ... times (channel, ki, kj) entries */
+#define HB 32 /* weight-gradient rows per cache block */
+#ifdef _OPENMP
+#define PARALLEL_FOR2 _Pragma("omp parallel for collapse(2) schedule(static)")
+#else
+#define PARALLEL_FOR2
+#endif
+
+/* dst (C, H + 2q, W + 2q) = src (C, H, W) zero-padded by q on every side */
+static void kernel_pad(int C, int H, int W, int q, const float *restrict src, float *restrict dst)
 {
-    float l[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    int i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int j = 0; j < 8; ++j)
-            l[j] += a[i + j] * b[i + j];
-    for (; i < n; ++i)
-        l[i & 7] += a[i] * b[i];
-    return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+    const int Hp = H + 2 * q, Wp = W + 2 * q;
+    memset(dst, 0, sizeof(float) * (size_t)C * Hp * Wp);
+    for (int c = 0; c < C; ++c)
+        for (int h = 0; h < H; ++h)
+            memcpy(dst + ((size_t)c * Hp + h + q) * Wp + q, src + ((size_t)c * H + h) * W, sizeof(float) * W);
 }
 
-static inline float unet2_small_dot_strided(const float *restrict a, const float *restrict b, int n, int s)
+/* cols (C*K*K, Ho, Wo): cols[(c, i, j)][a][b] = src[c][a*S + i - P][b*S + j - P], 0 outside */
+static void kernel_im2col(int C, int H, int W, int K, int S, int P, int Ho, int Wo,
+                          const float *restrict src, float *restrict cols)
 {
-    float acc = 0;
-    for (int i = 0; i < n; ++i)
-        acc += a[i] * b[i * s];
-    return acc;
+    for (int c = 0; c < C; ++c)
+        for (int i = 0; i < K; ++i)
+            for (int j = 0; j < K; ++j) {
+                float *restrict out = cols + (((size_t)c * K + i) * K + j) * Ho * Wo;
+                for (int a = 0; a < Ho; ++a) {
+                    const int h = a * S + i - P;
+                    for (int b = 0; b < Wo; ++b) {
+                        const int w = b * S + j - P;
+                        out[a * Wo + b] = (h >= 0 && h < H && w >= 0 && w < W) ? src[((size_t)c * H + h) * W + w] : 0;
+                    }
+                }
+            }
 }
+
+/* dst (C, H, W) += scatter of cols (C*K*K, Hi, Wi): dst[c][a*S + i - P][b*S + j - P] += cols[(c, i, j)][a][b] */
+static void kernel_col2im_add(int C, int H, int W, int K, int S, int P, int Hi, int Wi,
+                              const float *restrict cols, float *restrict dst)
+{
+    for (int c = 0; c < C; ++c)
+        for (int i = 0; i < K; ++i)
+            for (int j = 0; j < K; ++j) {
+                const float *restrict in = cols + (((size_t)c * K + i) * K + j) * Hi * Wi;
+                for (int a = 0; a < Hi; ++a) {
+                    const int h = a * S + i - P;
+                    if (h < 0 || h >= H)
+                        continue;
+                    for (int b = 0; b < Wi; ++b) {
+                        const int w = b * S + j - P;
+                        if (w >= 0 && w < W)
+                            dst[((size_t)c * H + h) * W + w] += in[a * Wi + b];
+                    }
+                }
+            }
+}
+
+/* dst (C, HW) = bias[c] (or 0 when bias is NULL) */
+static void kernel_fill(int C, int HW, const float *restrict bias, float *restrict dst)
+{
+    for (int c = 0; c < C; ++c)
+        for (int i = 0; i < HW; ++i)
+            dst[(size_t)c * HW + i] = bias ? bias[c] : 0;
+}
+
+/* wp (ceil(O/MR), C, K, K, MR) = w[base + o*so + c*sc + i*si + j*sj], rows o >= O zero. The strides
+   view any weight as an (O, C, K, K) correlation kernel: as stored, transposed, or rotated by 180. */
+static void kernel_pack(int O, int C, int K, const float *restrict w, long base, long so, long sc, long si,
+                        long sj, float *restrict wp)
+{
+    for (int ob = 0; ob < (O + MR - 1) / MR; ++ob)
+        for (int c = 0; c < C; ++c)
+            for (int i = 0; i < K; ++i)
+                for (int j = 0; j < K; ++j)
+                    for (int m = 0; m < MR; ++m) {
+                        const int o = ob * MR + m;
+                        wp[((((size_t)ob * C + c) * K + i) * K + j) * MR + m] =
+                            o < O ? w[base + o * so + c * sc + i * si + j * sj] : 0;
+                    }
+}
+
+#if (defined(__GNUC__) || defined(__clang__)) && !defined(UNETC_PORTABLE)
+#if defined(__AVX512F__)
+#define VBYTES 64
+#elif defined(__AVX__)
+#define VBYTES 32
+#else
+#define VBYTES 16 /* SSE2 / NEON, and any target GCC can lower 16-byte vectors for */
+#endif
+#define VL (VBYTES / (int)sizeof(float))
+typedef float vec __attribute__((vector_size(VBYTES)));
+
+static inline vec vload(const float *p)
+{
+    vec v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline void vstore(float *p, vec v)
+{
+    memcpy(p, &v, sizeof v);
+}
+
+static inline vec vsplat(float s)
+{
+    vec v = {0};
+    return v + s;
+}
+
+/* y (O, H, W) = bias + stride-1 correlation of xpad (C, H+K-1, W+K-1) with packed weights wp:
+   MR output channels x NV*VL output pixels of one row are accumulated in registers. */
+#define CONV_TILE(NV)                                                                          \
+    {                                                                                          \
+        vec acc[MR][NV];                                                                       \
+        for (int m = 0; m < MR; ++m)                                                           \
+            for (int v = 0; v < NV; ++v)                                                       \
+                acc[m][v] = vsplat(b[m]);                                                      \
+        const float *restrict wq = wbase;                                                    \
+        for (int c = 0; c < C; ++c)                                                            \
+            for (int i = 0; i < K; ++i) {                                                      \
+                const float *restrict xr = xpad + ((size_t)c * Hp + h + i) * Wp + w0;        \
+                for (int j = 0; j < K; ++j, wq += MR) {                                        \
+                    vec xv[NV];                                                                \
+                    for (int v = 0; v < NV; ++v)                                               \
+                        xv[v] = vload(xr + j + v * VL);                                        \
+                    for (int m = 0; m < MR; ++m)                                               \
+                        for (int v = 0; v < NV; ++v)                                           \
+                            acc[m][v] += wq[m] * xv[v];                                        \
+                }                                                                              \
+            }                                                                                  \
+        for (int m = 0; m < MR && ob * MR + m < O; ++m)                                        \
+            for (int v = 0; v < NV; ++v)                                                       \
+                vstore(y + ((size_t)(ob * MR + m) * H + h) * W + w0 + v * VL, acc[m][v]);      \
+    }
+
+static void kernel_conv(int C, int O, int H, int W, int K, const float *restrict xpad,
+                        const float *restrict wp, const float *restrict bias, float *restrict y)
+{
+    const int Hp = H + K - 1, Wp = W + K - 1, OB = (O + MR - 1) / MR;
+    PARALLEL_FOR2
+    for (int ob = 0; ob < OB; ++ob)
+        for (int h = 0; h < H; ++h) {
+            float b[MR];
+            for (int m = 0; m < MR; ++m)
+                b[m] = (bias && ob * MR + m < O) ? bias[ob * MR + m] : 0;
+            const float *restrict wbase = wp + (size_t)ob * C * K * K * MR;
+            int w0 = 0;
+            for (; w0 + 2 * VL <= W; w0 += 2 * VL)
+                CONV_TILE(2)
+            for (; w0 + VL <= W; w0 += VL)
+                CONV_TILE(1)
+            for (; w0 < W; ++w0) {
+                float acc[MR];
+                for (int m = 0; m < MR; ++m)
+                    acc[m] = b[m];
+                const float *restrict wq = wbase;
+                for (int c = 0; c < C; ++c)
+                    for (int i = 0; i < K; ++i) {
+                        const float *restrict xr = xpad + ((size_t)c * Hp + h + i) * Wp + w0;
+                        for (int j = 0; j < K; ++j, wq += MR)
+                            for (int m = 0; m < MR; ++m)
+                                acc[m] += wq[m] * xr[j];
+                    }
+                for (int m = 0; m < MR && ob * MR + m < O; ++m)
+                    y[((size_t)(ob * MR + m) * H + h) * W + w0] = acc[m];
+            }
+        }
+}
+
+/* dw (O, C*K*K) = sum over (h, w) < (H, W) of dy[o][h][w] * xpad[c][h + i][w + j], xpad
+   (C, H+K-1, W+K-1). Tiles of MO x NN dot products, vectorised along w, blocked by HB rows. */
+static void kernel_wgrad(int C, int O, int H, int W, int K, const float *restrict xpad,
+                         const float *restrict dy, float *restrict dw)
+{
+    const int Hp = H + K - 1, Wp = W + K - 1, N = C * K * K;
+    const int OT = (O + MO - 1) / MO, NT = (N + NN - 1) / NN;
+    memset(dw, 0, sizeof(float) * (size_t)O * N);
+    for (int h0 = 0; h0 < H; h0 += HB) {
+        const int h1 = h0 + HB < H ? h0 + HB : H;
+        PARALLEL_FOR2
+        for (int ot = 0; ot < OT; ++ot)
+            for (int nt = 0; nt < NT; ++nt) {
+                const float *drow[MO];
+                size_t xoff[NN];
+                for (int m = 0; m < MO; ++m) {
+                    const int o = ot * MO + m < O ? ot * MO + m : O - 1; /* tail: recompute, not stored */
+                    drow[m] = dy + (size_t)o * H * W;
+                }
+                for (int t = 0; t < NN; ++t) {
+                    const int n = nt * NN + t < N ? nt * NN + t : N - 1;
+                    xoff[t] = ((size_t)(n / (K * K)) * Hp + n / K % K) * Wp + n % K;
+                }
+                vec acc[MO][NN];
+                for (int m = 0; m < MO; ++m)
+                    for (int t = 0; t < NN; ++t)
+                        acc[m][t] = vsplat(0);
+                for (int h = h0; h < h1; ++h) {
+                    int w = 0;
+                    for (; w + VL <= W; w += VL) {
+                        vec d[MO];
+                        for (int m = 0; m < MO; ++m)
+                            d[m] = vload(drow[m] + (size_t)h * W + w);
+                        for (int t = 0; t < NN; ++t) {
+                            const vec xv = vload(xpad + xoff[t] + (size_t)h * Wp + w);
+                            for (int m = 0; m < MO; ++m)
+                                acc[m][t] += d[m] * xv;
+                        }
+                    }
+                    for (; w < W; ++w)
+                        for (int t = 0; t < NN; ++t) {
+                            const float xs = xpad[xoff[t] + (size_t)h * Wp + w];
+                            for (int m = 0; m < MO; ++m)
+                                acc[m][t][0] += drow[m][(size_t)h * W + w] * xs;
+                        }
+                }
+                for (int m = 0; m < MO && ot * MO + m < O; ++m)
+                    for (int t = 0; t < NN && nt * NN + t < N; ++t) {
+                        float s = 0;
+                        for (int l = 0; l < VL; ++l)
+                            s += acc[m][t][l];
+                        dw[(size_t)(ot * MO + m) * N + nt * NN + t] += s;
+                    }
+            }
+    }
+}
+#else /* portable C99: the same contracts, plain loops */
+static void kernel_conv(int C, int O, int H, int W, int K, const float *restrict xpad,
+                        const float *restrict wp, const float *restrict bias, float *restrict y)
+{
+    const int Hp = H + K - 1, Wp = W + K - 1;
+    for (int o = 0; o < O; ++o) {
+        float *restrict yo = y + (size_t)o * H * W;
+        const float *restrict wo = wp + (size_t)(o / MR) * C * K * K * MR + o % MR;
+        for (int i = 0; i < H * W; ++i)
+            yo[i] = bias ? bias[o] : 0;
+        for (int c = 0; c < C; ++c)
+            for (int i = 0; i < K; ++i)
+                for (int j = 0; j < K; ++j) {
+                    const float wv = wo[(((size_t)c * K + i) * K + j) * MR];
+                    for (int h = 0; h < H; ++h)
+                        for (int w = 0; w < W; ++w)
+                            yo[h * W + w] += wv * xpad[((size_t)c * Hp + h + i) * Wp + w + j];
+                }
+    }
+}
+
+static void kernel_wgrad(int C, int O, int H, int W, int K, const float *restrict xpad,
+                         const float *restrict dy, float *restrict dw)
+{
+    const int Hp = H + K - 1, Wp = W + K - 1, N = C * K * K;
+    for (int o = 0; o < O; ++o)
+        for (int n = 0; n < N; ++n) {
+            const float *restrict x = xpad + ((size_t)(n / (K * K)) * Hp + n / K % K) * Wp + n % K;
+            float s = 0;
+            for (int h = 0; h < H; ++h)
+                for (int w = 0; w < W; ++w)
+                    s += dy[((size_t)o * H + h) * W + w] * x[(size_t)h * Wp + w];
+            dw[(size_t)o * N + n] = s;
+        }
+}
+#endif
 
 static inline float unet2_small_sum(const float *restrict a, int n)
 {
@@ -60,64 +305,11 @@ static inline float unet2_small_sum(const float *restrict a, int n)
 }
 
 /* conv2d down1_1: x -> z1 */
-static void k00_conv2d_down1_1(const float *restrict in, const float *restrict w, const float *restrict b, float *restrict out)
+static void k00_conv2d_down1_1(const float *restrict x, const float *restrict w, const float *restrict b, float *restrict out, float *restrict scratch)
 {
-    for (int oc = 0; oc < 4; oc += 4) {
-        for (int r = 0; r < 16; ++r) {
-            float *restrict y0 = out + ((oc) * 16 + r) * 12;
-            float *restrict y1 = out + ((oc + 1) * 16 + r) * 12;
-            float *restrict y2 = out + ((oc + 2) * 16 + r) * 12;
-            float *restrict y3 = out + ((oc + 3) * 16 + r) * 12;
-            for (int v = 0; v < 12; ++v) {
-                y0[v] = b[oc];
-                y1[v] = b[oc + 1];
-                y2[v] = b[oc + 2];
-                y3[v] = b[oc + 3];
-            }
-            for (int ic = 0; ic < 1; ++ic) {
-                for (int ki = 0; ki < 3; ++ki) {
-                    const int ih = r * 1 - 1 + ki;
-                    if (ih < 0 || ih >= 16)
-                        continue;
-                    const float *restrict xr = in + (ic * 16 + ih) * 12;
-                    const float *restrict wr0 = w + oc * 9 + ic * 9 + ki * 3;
-                    const float w0_0 = wr0[0];
-                    const float w0_1 = wr0[1];
-                    const float w0_2 = wr0[2];
-                    const float *restrict wr1 = w + (oc + 1) * 9 + ic * 9 + ki * 3;
-                    const float w1_0 = wr1[0];
-                    const float w1_1 = wr1[1];
-                    const float w1_2 = wr1[2];
-                    const float *restrict wr2 = w + (oc + 2) * 9 + ic * 9 + ki * 3;
-                    const float w2_0 = wr2[0];
-                    const float w2_1 = wr2[1];
-                    const float w2_2 = wr2[2];
-                    const float *restrict wr3 = w + (oc + 3) * 9 + ic * 9 + ki * 3;
-                    const float w3_0 = wr3[0];
-                    const float w3_1 = wr3[1];
-                    const float w3_2 = wr3[2];
-                    for (int v = 0; v < 1; ++v) {
-                        y0[v] += w0_1 * xr[v] + w0_2 * xr[v + 1];
-                        y1[v] += w1_1 * xr[v] + w1_2 * xr[v + 1];
-                        y2[v] += w2_1 * xr[v] + w2_2 * xr[v + 1];
-                        y3[v] += w3_1 * xr[v] + w3_2 * xr[v + 1];
-                    }
-                    for (int v = 1; v < 11; ++v) {
-                        y0[v] += w0_0 * xr[v - 1] + w0_1 * xr[v] + w0_2 * xr[v + 1];
-                        y1[v] += w1_0 * xr[v - 1] + w1_1 * xr[v] + w1_2 * xr[v + 1];
-                        y2[v] += w2_0 * xr[v - 1] + w2_1 * xr[v] + w2_2 * xr[v + 1];
-                        y3[v] += w3_0 * xr[v - 1] + w3_1 * xr[v] + w3_2 * xr[v + 1];
-                    }
-                    for (int v = 11; v < 12; ++v) {
-                        y0[v] += w0_0 * xr[v - 1] + w0_1 * xr[v];
-                        y1[v] += w1_0 * xr[v - 1] + w1_1 * xr[v];
-                        y2[v] += w2_0 * xr[v - 1] + w2_1 * xr[v];
-                        y3[v] += w3_0 * xr[v - 1] + w3_1 * xr[v];
-                    }
-                }
-            }
-        }
-    }
+    kernel_pad(1, 16, 12, 1, x, scratch);
+    kernel_pack(4, 1, 3, w, 0, 9, 9, 3, 1, scratch + 256);
+    kernel_conv(1, 4, 16, 12, 3, scratch, scratch + 256, b, out);
 }
 
 
@@ -130,64 +322,11 @@ static void k01_relu_s1(const float *restrict in, float *restrict out)
 
 
 /* conv2d down1_2: s1 -> z2 */
-static void k02_conv2d_down1_2(const float *restrict in, const float *restrict w, const float *restrict b, float *restrict out)
+static void k02_conv2d_down1_2(const float *restrict x, const float *restrict w, const float *restrict b, float *restrict out, float *restrict scratch)
 {
-    for (int oc = 0; oc < 4; oc += 4) {
-        for (int r = 0; r < 16; ++r) {
-            float *restrict y0 = out + ((oc) * 16 + r) * 12;
-            float *restrict y1 = out + ((oc + 1) * 16 + r) * 12;
-            float *restrict y2 = out + ((oc + 2) * 16 + r) * 12;
-            float *restrict y3 = out + ((oc + 3) * 16 + r) * 12;
-            for (int v = 0; v < 12; ++v) {
-                y0[v] = b[oc];
-                y1[v] = b[oc + 1];
-                y2[v] = b[oc + 2];
-                y3[v] = b[oc + 3];
-            }
-            for (int ic = 0; ic < 4; ++ic) {
-                for (int ki = 0; ki < 3; ++ki) {
-                    const int ih = r * 1 - 1 + ki;
-                    if (ih < 0 || ih >= 16)
-                        continue;
-                    const float *restrict xr = in + (ic * 16 + ih) * 12;
-                    const float *restrict wr0 = w + oc * 36 + ic * 9 + ki * 3;
-                    const float w0_0 = wr0[0];
-                    const float w0_1 = wr0[1];
-                    const float w0_2 = wr0[2];
-                    const float *restrict wr1 = w + (oc + 1) * 36 + ic * 9 + ki * 3;
-                    const float w1_0 = wr1[0];
-                    const float w1_1 = wr1[1];
-                    const float w1_2 = wr1[2];
-                    const float *restrict wr2 = w + (oc + 2) * 36 + ic * 9 + ki * 3;
-                    const float w2_0 = wr2[0];
-                    const float w2_1 = wr2[1];
-                    const float w2_2 = wr2[2];
-                    const float *restrict wr3 = w + (oc + 3) * 36 + ic * 9 + ki * 3;
-                    const float w3_0 = wr3[0];
-                    const float w3_1 = wr3[1];
-                    const float w3_2 = wr3[2];
-                    for (int v = 0; v < 1; ++v) {
-                        y0[v] += w0_1 * xr[v] + w0_2 * xr[v + 1];
-                        y1[v] += w1_1 * xr[v] + w1_2 * xr[v + 1];
-                        y2[v] += w2_1 * xr[v] + w2_2 * xr[v + 1];
-                        y3[v] += w3_1 * xr[v] + w3_2 * xr[v + 1];
-                    }
-                    for (int v = 1; v < 11; ++v) {
-                        y0[v] += w0_0 * xr[v - 1] + w0_1 * xr[v] + w0_2 * xr[v + 1];
-                        y1[v] += w1_0 * xr[v - 1] + w1_1 * xr[v] + w1_2 * xr[v + 1];
-                        y2[v] += w2_0 * xr[v - 1] + w2_1 * xr[v] + w2_2 * xr[v + 1];
-                        y3[v] += w3_0 * xr[v - 1] + w3_1 * xr[v] + w3_2 * xr[v + 1];
-                    }
-                    for (int v = 11; v < 12; ++v) {
-                        y0[v] += w0_0 * xr[v - 1] + w0_1 * xr[v];
-                        y1[v] += w1_0 * xr[v - 1] + w1_1 * xr[v];
-                        y2[v] += w2_0 * xr[v - 1] + w2_1 * xr[v];
-                        y3[v] += w3_0 * xr[v - 1] + w3_1 * xr[v];
-                    }
-                }
-            }
-        }
-    }
+    kernel_pad(4, 16, 12, 1, x, scratch);
+    kernel_pack(4, 4, 3, w, 0, 36, 9, 3, 1, scratch + 1008);
+    kernel_conv(4, 4, 16, 12, 3, scratch, scratch + 1008, b, out);
 }
 
 
@@ -219,64 +358,11 @@ static void k04_maxpool2d_pool(const float *restrict in, float *restrict out)
 
 
 /* conv2d down2_1: pooled -> z3 */
-static void k05_conv2d_down2_1(const float *restrict in, const float *restrict w, const float *restrict b, float *restrict out)
+static void k05_conv2d_down2_1(const float *restrict x, const float *restrict w, const float *restrict b, float *restrict out, float *restrict scratch)
 {
-    for (int oc = 0; oc < 8; oc += 4) {
-        for (int r = 0; r < 8; ++r) {
-            float *restrict y0 = out + ((oc) * 8 + r) * 6;
-            float *restrict y1 = out + ((oc + 1) * 8 + r) * 6;
-            float *restrict y2 = out + ((oc + 2) * 8 + r) * 6;
-            float *restrict y3 = out + ((oc + 3) * 8 + r) * 6;
-            for (int v = 0; v < 6; ++v) {
-                y0[v] = b[oc];
-                y1[v] = b[oc + 1];
-                y2[v] = b[oc + 2];
-                y3[v] = b[oc + 3];
-            }
-            for (int ic = 0; ic < 4; ++ic) {
-                for (int ki = 0; ki < 3; ++ki) {
-                    const int ih = r * 1 - 1 + ki;
-                    if (ih < 0 || ih >= 8)
-                        continue;
-                    const float *restrict xr = in + (ic * 8 + ih) * 6;
-                    const float *restrict wr0 = w + oc * 36 + ic * 9 + ki * 3;
-                    const float w0_0 = wr0[0];
-                    const float w0_1 = wr0[1];
-                    const float w0_2 = wr0[2];
-                    const float *restrict wr1 = w + (oc + 1) * 36 + ic * 9 + ki * 3;
-                    const float w1_0 = wr1[0];
-                    const float w1_1 = wr1[1];
-                    const float w1_2 = wr1[2];
-                    const float *restrict wr2 = w + (oc + 2) * 36 + ic * 9 + ki * 3;
-                    const float w2_0 = wr2[0];
-                    const float w2_1 = wr2[1];
-                    const float w2_2 = wr2[2];
-                    const float *restrict wr3 = w + (oc + 3) * 36 + ic * 9 + ki * 3;
-                    const float w3_0 = wr3[0];
-                    const float w3_1 = wr3[1];
-                    const float w3_2 = wr3[2];
-                    for (int v = 0; v < 1; ++v) {
-                        y0[v] += w0_1 * xr[v] + w0_2 * xr[v + 1];
-                        y1[v] += w1_1 * xr[v] + w1_2 * xr[v + 1];
-                        y2[v] += w2_1 * xr[v] + w2_2 * xr[v + 1];
-                        y3[v] += w3_1 * xr[v] + w3_2 * xr[v + 1];
-                    }
-                    for (int v = 1; v < 5; ++v) {
-                        y0[v] += w0_0 * xr[v - 1] + w0_1 * xr[v] + w0_2 * xr[v + 1];
-                        y1[v] += w1_0 * xr[v - 1] + w1_1 * xr[v] + w1_2 * xr[v + 1];
-                        y2[v] += w2_0 * xr[v - 1] + w2_1 * xr[v] + w2_2 * xr[v + 1];
-                        y3[v] += w3_0 * xr[v - 1] + w3_1 * xr[v] + w3_2 * xr[v + 1];
-                    }
-                    for (int v = 5; v < 6; ++v) {
-                        y0[v] += w0_0 * xr[v - 1] + w0_1 * xr[v];
-                        y1[v] += w1_0 * xr[v - 1] + w1_1 * xr[v];
-                        y2[v] += w2_0 * xr[v - 1] + w2_1 * xr[v];
-                        y3[v] += w3_0 * xr[v - 1] + w3_1 * xr[v];
-                    }
-                }
-            }
-        }
-    }
+    kernel_pad(4, 8, 6, 1, x, scratch);
+    kernel_pack(8, 4, 3, w, 0, 36, 9, 3, 1, scratch + 320);
+    kernel_conv(4, 8, 8, 6, 3, scratch, scratch + 320, b, out);
 }
 
 
@@ -289,64 +375,11 @@ static void k06_relu_b1(const float *restrict in, float *restrict out)
 
 
 /* conv2d down2_2: b1 -> z4 */
-static void k07_conv2d_down2_2(const float *restrict in, const float *restrict w, const float *restrict b, float *restrict out)
+static void k07_conv2d_down2_2(const float *restrict x, const float *restrict w, const float *restrict b, float *restrict out, float *restrict scratch)
 {
-    for (int oc = 0; oc < 8; oc += 4) {
-        for (int r = 0; r < 8; ++r) {
-            float *restrict y0 = out + ((oc) * 8 + r) * 6;
-            float *restrict y1 = out + ((oc + 1) * 8 + r) * 6;
-            float *restrict y2 = out + ((oc + 2) * 8 + r) * 6;
-            float *restrict y3 = out + ((oc + 3) * 8 + r) * 6;
-            for (int v = 0; v < 6; ++v) {
-                y0[v] = b[oc];
-                y1[v] = b[oc + 1];
-                y2[v] = b[oc + 2];
-                y3[v] = b[oc + 3];
-            }
-            for (int ic = 0; ic < 8; ++ic) {
-                for (int ki = 0; ki < 3; ++ki) {
-                    const int ih = r * 1 - 1 + ki;
-                    if (ih < 0 || ih >= 8)
-                        continue;
-                    const float *restrict xr = in + (ic * 8 + ih) * 6;
-                    const float *restrict wr0 = w + oc * 72 + ic * 9 + ki * 3;
-                    const float w0_0 = wr0[0];
-                    const float w0_1 = wr0[1];
-                    const float w0_2 = wr0[2];
-                    const float *restrict wr1 = w + (oc + 1) * 72 + ic * 9 + ki * 3;
-                    const float w1_0 = wr1[0];
-                    const float w1_1 = wr1[1];
-                    const float w1_2 = wr1[2];
-                    const float *restrict wr2 = w + (oc + 2) * 72 + ic * 9 + ki * 3;
-                    const float w2_0 = wr2[0];
-                    const float w2_1 = wr2[1];
-                    const float w2_2 = wr2[2];
-                    const float *restrict wr3 = w + (oc + 3) * 72 + ic * 9 + ki * 3;
-                    const float w3_0 = wr3[0];
-                    const float w3_1 = wr3[1];
-                    const float w3_2 = wr3[2];
-                    for (int v = 0; v < 1; ++v) {
-                        y0[v] += w0_1 * xr[v] + w0_2 * xr[v + 1];
-                        y1[v] += w1_1 * xr[v] + w1_2 * xr[v + 1];
-                        y2[v] += w2_1 * xr[v] + w2_2 * xr[v + 1];
-                        y3[v] += w3_1 * xr[v] + w3_2 * xr[v + 1];
-                    }
-                    for (int v = 1; v < 5; ++v) {
-                        y0[v] += w0_0 * xr[v - 1] + w0_1 * xr[v] + w0_2 * xr[v + 1];
-                        y1[v] += w1_0 * xr[v - 1] + w1_1 * xr[v] + w1_2 * xr[v + 1];
-                        y2[v] += w2_0 * xr[v - 1] + w2_1 * xr[v] + w2_2 * xr[v + 1];
-                        y3[v] += w3_0 * xr[v - 1] + w3_1 * xr[v] + w3_2 * xr[v + 1];
-                    }
-                    for (int v = 5; v < 6; ++v) {
-                        y0[v] += w0_0 * xr[v - 1] + w0_1 * xr[v];
-                        y1[v] += w1_0 * xr[v - 1] + w1_1 * xr[v];
-                        y2[v] += w2_0 * xr[v - 1] + w2_1 * xr[v];
-                        y3[v] += w3_0 * xr[v - 1] + w3_1 * xr[v];
-                    }
-                }
-            }
-        }
-    }
+    kernel_pad(8, 8, 6, 1, x, scratch);
+    kernel_pack(8, 8, 3, w, 0, 72, 9, 3, 1, scratch + 640);
+    kernel_conv(8, 8, 8, 6, 3, scratch, scratch + 640, b, out);
 }
 
 
@@ -359,119 +392,21 @@ static void k08_relu_bottleneck(const float *restrict in, float *restrict out)
 
 
 /* conv_transpose2d upT: bottleneck -> up */
-static void k09_conv_transpose2d_upT(const float *restrict in, const float *restrict w, const float *restrict b, float *restrict out)
+static void k09_conv_transpose2d_upT(const float *restrict x, const float *restrict w, const float *restrict b, float *restrict out, float *restrict scratch)
 {
-    for (int oc = 0; oc < 4; oc += 4) {
-        for (int r = 0; r < 16; ++r) {
-            float *restrict y0 = out + ((oc) * 16 + r) * 12;
-            float *restrict y1 = out + ((oc + 1) * 16 + r) * 12;
-            float *restrict y2 = out + ((oc + 2) * 16 + r) * 12;
-            float *restrict y3 = out + ((oc + 3) * 16 + r) * 12;
-            for (int v = 0; v < 12; ++v) {
-                y0[v] = b[oc];
-                y1[v] = b[oc + 1];
-                y2[v] = b[oc + 2];
-                y3[v] = b[oc + 3];
-            }
-            for (int ic = 0; ic < 8; ++ic) {
-                for (int ki = 0; ki < 2; ++ki) {
-                    const int t = r + 0 - ki;
-                    if (t < 0 || t % 2 != 0)
-                        continue;
-                    const int ih = t / 2;
-                    if (ih >= 8)
-                        continue;
-                    const float *restrict xr = in + (ic * 8 + ih) * 6;
-                    const float *restrict wr0 = w + oc * 4 + ic * 16 + ki * 2;
-                    const float w0_0 = wr0[0];
-                    const float w0_1 = wr0[1];
-                    const float *restrict wr1 = w + (oc + 1) * 4 + ic * 16 + ki * 2;
-                    const float w1_0 = wr1[0];
-                    const float w1_1 = wr1[1];
-                    const float *restrict wr2 = w + (oc + 2) * 4 + ic * 16 + ki * 2;
-                    const float w2_0 = wr2[0];
-                    const float w2_1 = wr2[1];
-                    const float *restrict wr3 = w + (oc + 3) * 4 + ic * 16 + ki * 2;
-                    const float w3_0 = wr3[0];
-                    const float w3_1 = wr3[1];
-                    for (int v = 0; v < 6; ++v) {
-                        y0[2 * v] += w0_0 * xr[v];
-                        y1[2 * v] += w1_0 * xr[v];
-                        y2[2 * v] += w2_0 * xr[v];
-                        y3[2 * v] += w3_0 * xr[v];
-                    }
-                    for (int v = 0; v < 6; ++v) {
-                        y0[2 * v + 1] += w0_1 * xr[v];
-                        y1[2 * v + 1] += w1_1 * xr[v];
-                        y2[2 * v + 1] += w2_1 * xr[v];
-                        y3[2 * v + 1] += w3_1 * xr[v];
-                    }
-                }
-            }
-        }
-    }
+    kernel_pack(16, 8, 1, w, 0, 1, 16, 0, 0, scratch);
+    kernel_conv(8, 16, 8, 6, 1, x, scratch, NULL, scratch + 128);
+    kernel_fill(4, 192, b, out);
+    kernel_col2im_add(4, 16, 12, 2, 2, 0, 8, 6, scratch + 128, out);
 }
 
 
 /* conv2d up1_1: merged -> z5 */
-static void k11_conv2d_up1_1(const float *restrict in, const float *restrict w, const float *restrict b, float *restrict out)
+static void k11_conv2d_up1_1(const float *restrict x, const float *restrict w, const float *restrict b, float *restrict out, float *restrict scratch)
 {
-    for (int oc = 0; oc < 4; oc += 4) {
-        for (int r = 0; r < 16; ++r) {
-            float *restrict y0 = out + ((oc) * 16 + r) * 12;
-            float *restrict y1 = out + ((oc + 1) * 16 + r) * 12;
-            float *restrict y2 = out + ((oc + 2) * 16 + r) * 12;
-            float *restrict y3 = out + ((oc + 3) * 16 + r) * 12;
-            for (int v = 0; v < 12; ++v) {
-                y0[v] = b[oc];
-                y1[v] = b[oc + 1];
-                y2[v] = b[oc + 2];
-                y3[v] = b[oc + 3];
-            }
-            for (int ic = 0; ic < 8; ++ic) {
-                for (int ki = 0; ki < 3; ++ki) {
-                    const int ih = r * 1 - 1 + ki;
-                    if (ih < 0 || ih >= 16)
-                        continue;
-                    const float *restrict xr = in + (ic * 16 + ih) * 12;
-                    const float *restrict wr0 = w + oc * 72 + ic * 9 + ki * 3;
-                    const float w0_0 = wr0[0];
-                    const float w0_1 = wr0[1];
-                    const float w0_2 = wr0[2];
-                    const float *restrict wr1 = w + (oc + 1) * 72 + ic * 9 + ki * 3;
-                    const float w1_0 = wr1[0];
-                    const float w1_1 = wr1[1];
-                    const float w1_2 = wr1[2];
-                    const float *restrict wr2 = w + (oc + 2) * 72 + ic * 9 + ki * 3;
-                    const float w2_0 = wr2[0];
-                    const float w2_1 = wr2[1];
-                    const float w2_2 = wr2[2];
-                    const float *restrict wr3 = w + (oc + 3) * 72 + ic * 9 + ki * 3;
-                    const float w3_0 = wr3[0];
-                    const float w3_1 = wr3[1];
-                    const float w3_2 = wr3[2];
-                    for (int v = 0; v < 1; ++v) {
-                        y0[v] += w0_1 * xr[v] + w0_2 * xr[v + 1];
-                        y1[v] += w1_1 * xr[v] + w1_2 * xr[v + 1];
-                        y2[v] += w2_1 * xr[v] + w2_2 * xr[v + 1];
-                        y3[v] += w3_1 * xr[v] + w3_2 * xr[v + 1];
-                    }
-                    for (int v = 1; v < 11; ++v) {
-                        y0[v] += w0_0 * xr[v - 1] + w0_1 * xr[v] + w0_2 * xr[v + 1];
-                        y1[v] += w1_0 * xr[v - 1] + w1_1 * xr[v] + w1_2 * xr[v + 1];
-                        y2[v] += w2_0 * xr[v - 1] + w2_1 * xr[v] + w2_2 * xr[v + 1];
-                        y3[v] += w3_0 * xr[v - 1] + w3_1 * xr[v] + w3_2 * xr[v + 1];
-                    }
-                    for (int v = 11; v < 12; ++v) {
-                        y0[v] += w0_0 * xr[v - 1] + w0_1 * xr[v];
-                        y1[v] += w1_0 * xr[v - 1] + w1_1 * xr[v];
-                        y2[v] += w2_0 * xr[v - 1] + w2_1 * xr[v];
-                        y3[v] += w3_0 * xr[v - 1] + w3_1 * xr[v];
-                    }
-                }
-            }
-        }
-    }
+    kernel_pad(8, 16, 12, 1, x, scratch);
+    kernel_pack(4, 8, 3, w, 0, 72, 9, 3, 1, scratch + 2016);
+    kernel_conv(8, 4, 16, 12, 3, scratch, scratch + 2016, b, out);
 }
 
 
@@ -484,64 +419,11 @@ static void k12_relu_u1(const float *restrict in, float *restrict out)
 
 
 /* conv2d up1_2: u1 -> z6 */
-static void k13_conv2d_up1_2(const float *restrict in, const float *restrict w, const float *restrict b, float *restrict out)
+static void k13_conv2d_up1_2(const float *restrict x, const float *restrict w, const float *restrict b, float *restrict out, float *restrict scratch)
 {
-    for (int oc = 0; oc < 4; oc += 4) {
-        for (int r = 0; r < 16; ++r) {
-            float *restrict y0 = out + ((oc) * 16 + r) * 12;
-            float *restrict y1 = out + ((oc + 1) * 16 + r) * 12;
-            float *restrict y2 = out + ((oc + 2) * 16 + r) * 12;
-            float *restrict y3 = out + ((oc + 3) * 16 + r) * 12;
-            for (int v = 0; v < 12; ++v) {
-                y0[v] = b[oc];
-                y1[v] = b[oc + 1];
-                y2[v] = b[oc + 2];
-                y3[v] = b[oc + 3];
-            }
-            for (int ic = 0; ic < 4; ++ic) {
-                for (int ki = 0; ki < 3; ++ki) {
-                    const int ih = r * 1 - 1 + ki;
-                    if (ih < 0 || ih >= 16)
-                        continue;
-                    const float *restrict xr = in + (ic * 16 + ih) * 12;
-                    const float *restrict wr0 = w + oc * 36 + ic * 9 + ki * 3;
-                    const float w0_0 = wr0[0];
-                    const float w0_1 = wr0[1];
-                    const float w0_2 = wr0[2];
-                    const float *restrict wr1 = w + (oc + 1) * 36 + ic * 9 + ki * 3;
-                    const float w1_0 = wr1[0];
-                    const float w1_1 = wr1[1];
-                    const float w1_2 = wr1[2];
-                    const float *restrict wr2 = w + (oc + 2) * 36 + ic * 9 + ki * 3;
-                    const float w2_0 = wr2[0];
-                    const float w2_1 = wr2[1];
-                    const float w2_2 = wr2[2];
-                    const float *restrict wr3 = w + (oc + 3) * 36 + ic * 9 + ki * 3;
-                    const float w3_0 = wr3[0];
-                    const float w3_1 = wr3[1];
-                    const float w3_2 = wr3[2];
-                    for (int v = 0; v < 1; ++v) {
-                        y0[v] += w0_1 * xr[v] + w0_2 * xr[v + 1];
-                        y1[v] += w1_1 * xr[v] + w1_2 * xr[v + 1];
-                        y2[v] += w2_1 * xr[v] + w2_2 * xr[v + 1];
-                        y3[v] += w3_1 * xr[v] + w3_2 * xr[v + 1];
-                    }
-                    for (int v = 1; v < 11; ++v) {
-                        y0[v] += w0_0 * xr[v - 1] + w0_1 * xr[v] + w0_2 * xr[v + 1];
-                        y1[v] += w1_0 * xr[v - 1] + w1_1 * xr[v] + w1_2 * xr[v + 1];
-                        y2[v] += w2_0 * xr[v - 1] + w2_1 * xr[v] + w2_2 * xr[v + 1];
-                        y3[v] += w3_0 * xr[v - 1] + w3_1 * xr[v] + w3_2 * xr[v + 1];
-                    }
-                    for (int v = 11; v < 12; ++v) {
-                        y0[v] += w0_0 * xr[v - 1] + w0_1 * xr[v];
-                        y1[v] += w1_0 * xr[v - 1] + w1_1 * xr[v];
-                        y2[v] += w2_0 * xr[v - 1] + w2_1 * xr[v];
-                        y3[v] += w3_0 * xr[v - 1] + w3_1 * xr[v];
-                    }
-                }
-            }
-        }
-    }
+    kernel_pad(4, 16, 12, 1, x, scratch);
+    kernel_pack(4, 4, 3, w, 0, 36, 9, 3, 1, scratch + 1008);
+    kernel_conv(4, 4, 16, 12, 3, scratch, scratch + 1008, b, out);
 }
 
 
@@ -554,58 +436,18 @@ static void k14_relu_u2(const float *restrict in, float *restrict out)
 
 
 /* conv2d out1x1: u2 -> y */
-static void k15_conv2d_out1x1(const float *restrict in, const float *restrict w, const float *restrict b, float *restrict out)
+static void k15_conv2d_out1x1(const float *restrict x, const float *restrict w, const float *restrict b, float *restrict out, float *restrict scratch)
 {
-    for (int oc = 0; oc < 2; oc += 2) {
-        for (int r = 0; r < 16; ++r) {
-            float *restrict y0 = out + ((oc) * 16 + r) * 12;
-            float *restrict y1 = out + ((oc + 1) * 16 + r) * 12;
-            for (int v = 0; v < 12; ++v) {
-                y0[v] = b[oc];
-                y1[v] = b[oc + 1];
-            }
-            for (int ic = 0; ic < 4; ++ic) {
-                for (int ki = 0; ki < 1; ++ki) {
-                    const int ih = r * 1 - 0 + ki;
-                    if (ih < 0 || ih >= 16)
-                        continue;
-                    const float *restrict xr = in + (ic * 16 + ih) * 12;
-                    const float *restrict wr0 = w + oc * 4 + ic * 1 + ki * 1;
-                    const float w0_0 = wr0[0];
-                    const float *restrict wr1 = w + (oc + 1) * 4 + ic * 1 + ki * 1;
-                    const float w1_0 = wr1[0];
-                    for (int v = 0; v < 12; ++v) {
-                        y0[v] += w0_0 * xr[v];
-                        y1[v] += w1_0 * xr[v];
-                    }
-                }
-            }
-        }
-    }
+    kernel_pack(2, 4, 1, w, 0, 4, 1, 1, 1, scratch);
+    kernel_conv(4, 2, 16, 12, 1, x, scratch, b, out);
 }
 
 
 /* conv2d_grad_weight out1x1.weight: u2 , grad_y -> d_out1x1.weight */
-static void k16_conv2d_grad_weight_out1x1_weight(const float *restrict a, const float *restrict bb, float *restrict out)
+static void k16_conv2d_grad_weight_out1x1_weight(const float *restrict x, const float *restrict dy, float *restrict out, float *restrict scratch)
 {
-    for (int oc = 0; oc < 2; ++oc) {
-        for (int ic = 0; ic < 4; ++ic) {
-            const float *restrict ap = a + oc * 192;
-            const float *restrict bp = bb + ic * 192;
-            float acc[1];
-            for (int t = 0; t < 1; ++t)
-                acc[t] = 0;
-            for (int r = 0; r < 16; ++r) {
-                const float *restrict ar = ap + r * 12;
-{
-                    const float *restrict br = bp + (r) * 12;
-                    acc[0] += unet2_small_dot(ar + 0, br + 0, 12);
-                }
-            }
-            for (int t = 0; t < 1; ++t)
-                out[oc * 4 + ic * 1 + t] = acc[t];
-        }
-    }
+    (void)scratch;
+    kernel_wgrad(4, 2, 16, 12, 1, x, dy, out);
 }
 
 
@@ -618,47 +460,10 @@ static void k17_bias_grad_out1x1_bias(const float *restrict in, float *restrict 
 
 
 /* conv2d_grad_input out1x1: grad_y -> d_u2__out1x1 */
-static void k18_conv2d_grad_input_out1x1(const float *restrict dy, const float *restrict w, float *restrict out)
+static void k18_conv2d_grad_input_out1x1(const float *restrict dy, const float *restrict w, float *restrict out, float *restrict scratch)
 {
-    for (int oc = 0; oc < 4; oc += 4) {
-        for (int r = 0; r < 16; ++r) {
-            float *restrict y0 = out + ((oc) * 16 + r) * 12;
-            float *restrict y1 = out + ((oc + 1) * 16 + r) * 12;
-            float *restrict y2 = out + ((oc + 2) * 16 + r) * 12;
-            float *restrict y3 = out + ((oc + 3) * 16 + r) * 12;
-            for (int v = 0; v < 12; ++v) {
-                y0[v] = 0;
-                y1[v] = 0;
-                y2[v] = 0;
-                y3[v] = 0;
-            }
-            for (int ic = 0; ic < 2; ++ic) {
-                for (int ki = 0; ki < 1; ++ki) {
-                    const int t = r + 0 - ki;
-                    if (t < 0)
-                        continue;
-                    const int ih = t / 1;
-                    if (ih >= 16)
-                        continue;
-                    const float *restrict xr = dy + (ic * 16 + ih) * 12;
-                    const float *restrict wr0 = w + oc * 1 + ic * 4 + ki * 1;
-                    const float w0_0 = wr0[0];
-                    const float *restrict wr1 = w + (oc + 1) * 1 + ic * 4 + ki * 1;
-                    const float w1_0 = wr1[0];
-                    const float *restrict wr2 = w + (oc + 2) * 1 + ic * 4 + ki * 1;
-                    const float w2_0 = wr2[0];
-                    const float *restrict wr3 = w + (oc + 3) * 1 + ic * 4 + ki * 1;
-                    const float w3_0 = wr3[0];
-                    for (int v = 0; v < 12; ++v) {
-                        y0[v] += w0_0 * xr[v];
-                        y1[v] += w1_0 * xr[v];
-                        y2[v] += w2_0 * xr[v];
-                        y3[v] += w3_0 * xr[v];
-                    }
-                }
-            }
-        }
-    }
+    kernel_pack(4, 2, 1, w, 0, 1, 4, -1, -1, scratch);
+    kernel_conv(2, 4, 16, 12, 1, dy, scratch, NULL, out);
 }
 
 
@@ -671,40 +476,10 @@ static void k19_relu_grad_u2_inplace(const float *restrict z, float *restrict d)
 
 
 /* conv2d_grad_weight up1_2.weight: u1 , d_z6__u2 -> d_up1_2.weight */
-static void k20_conv2d_grad_weight_up1_2_weight(const float *restrict a, const float *restrict bb, float *restrict out)
+static void k20_conv2d_grad_weight_up1_2_weight(const float *restrict x, const float *restrict dy, float *restrict out, float *restrict scratch)
 {
-    for (int oc = 0; oc < 4; ++oc) {
-        for (int ic = 0; ic < 4; ++ic) {
-            const float *restrict ap = a + oc * 192;
-            const float *restrict bp = bb + ic * 192;
-            float acc[9];
-            for (int t = 0; t < 9; ++t)
-                acc[t] = 0;
-            for (int r = 0; r < 16; ++r) {
-                const float *restrict ar = ap + r * 12;
-if (r >= 1) {
-                    const float *restrict br = bp + (r - 1) * 12;
-                    acc[0] += unet2_small_dot(ar + 1, br + 0, 11);
-                    acc[1] += unet2_small_dot(ar + 0, br + 0, 12);
-                    acc[2] += unet2_small_dot(ar + 0, br + 1, 11);
-                }
-{
-                    const float *restrict br = bp + (r) * 12;
-                    acc[3] += unet2_small_dot(ar + 1, br + 0, 11);
-                    acc[4] += unet2_small_dot(ar + 0, br + 0, 12);
-                    acc[5] += unet2_small_dot(ar + 0, br + 1, 11);
-                }
-if (r < 15) {
-                    const float *restrict br = bp + (r + 1) * 12;
-                    acc[6] += unet2_small_dot(ar + 1, br + 0, 11);
-                    acc[7] += unet2_small_dot(ar + 0, br + 0, 12);
-                    acc[8] += unet2_small_dot(ar + 0, br + 1, 11);
-                }
-            }
-            for (int t = 0; t < 9; ++t)
-                out[oc * 36 + ic * 9 + t] = acc[t];
-        }
-    }
+    kernel_pad(4, 16, 12, 1, x, scratch);
+    kernel_wgrad(4, 4, 16, 12, 3, scratch, dy, out);
 }
 
 
@@ -717,67 +492,11 @@ static void k21_bias_grad_up1_2_bias(const float *restrict in, float *restrict o
 
 
 /* conv2d_grad_input up1_2: d_z6__u2 -> d_u1__up1_2 */
-static void k22_conv2d_grad_input_up1_2(const float *restrict dy, const float *restrict w, float *restrict out)
+static void k22_conv2d_grad_input_up1_2(const float *restrict dy, const float *restrict w, float *restrict out, float *restrict scratch)
 {
-    for (int oc = 0; oc < 4; oc += 4) {
-        for (int r = 0; r < 16; ++r) {
-            float *restrict y0 = out + ((oc) * 16 + r) * 12;
-            float *restrict y1 = out + ((oc + 1) * 16 + r) * 12;
-            float *restrict y2 = out + ((oc + 2) * 16 + r) * 12;
-            float *restrict y3 = out + ((oc + 3) * 16 + r) * 12;
-            for (int v = 0; v < 12; ++v) {
-                y0[v] = 0;
-                y1[v] = 0;
-                y2[v] = 0;
-                y3[v] = 0;
-            }
-            for (int ic = 0; ic < 4; ++ic) {
-                for (int ki = 0; ki < 3; ++ki) {
-                    const int t = r + 1 - ki;
-                    if (t < 0)
-                        continue;
-                    const int ih = t / 1;
-                    if (ih >= 16)
-                        continue;
-                    const float *restrict xr = dy + (ic * 16 + ih) * 12;
-                    const float *restrict wr0 = w + oc * 9 + ic * 36 + ki * 3;
-                    const float w0_0 = wr0[0];
-                    const float w0_1 = wr0[1];
-                    const float w0_2 = wr0[2];
-                    const float *restrict wr1 = w + (oc + 1) * 9 + ic * 36 + ki * 3;
-                    const float w1_0 = wr1[0];
-                    const float w1_1 = wr1[1];
-                    const float w1_2 = wr1[2];
-                    const float *restrict wr2 = w + (oc + 2) * 9 + ic * 36 + ki * 3;
-                    const float w2_0 = wr2[0];
-                    const float w2_1 = wr2[1];
-                    const float w2_2 = wr2[2];
-                    const float *restrict wr3 = w + (oc + 3) * 9 + ic * 36 + ki * 3;
-                    const float w3_0 = wr3[0];
-                    const float w3_1 = wr3[1];
-                    const float w3_2 = wr3[2];
-                    for (int v = 0; v < 1; ++v) {
-                        y0[v] += w0_0 * xr[v + 1] + w0_1 * xr[v];
-                        y1[v] += w1_0 * xr[v + 1] + w1_1 * xr[v];
-                        y2[v] += w2_0 * xr[v + 1] + w2_1 * xr[v];
-                        y3[v] += w3_0 * xr[v + 1] + w3_1 * xr[v];
-                    }
-                    for (int v = 1; v < 11; ++v) {
-                        y0[v] += w0_0 * xr[v + 1] + w0_1 * xr[v] + w0_2 * xr[v - 1];
-                        y1[v] += w1_0 * xr[v + 1] + w1_1 * xr[v] + w1_2 * xr[v - 1];
-                        y2[v] += w2_0 * xr[v + 1] + w2_1 * xr[v] + w2_2 * xr[v - 1];
-                        y3[v] += w3_0 * xr[v + 1] + w3_1 * xr[v] + w3_2 * xr[v - 1];
-                    }
-                    for (int v = 11; v < 12; ++v) {
-                        y0[v] += w0_1 * xr[v] + w0_2 * xr[v - 1];
-                        y1[v] += w1_1 * xr[v] + w1_2 * xr[v - 1];
-                        y2[v] += w2_1 * xr[v] + w2_2 * xr[v - 1];
-                        y3[v] += w3_1 * xr[v] + w3_2 * xr[v - 1];
-                    }
-                }
-            }
-        }
-    }
+    kernel_pad(4, 16, 12, 1, dy, scratch);
+    kernel_pack(4, 4, 3, w, 8, 9, 36, -3, -1, scratch + 1008);
+    kernel_conv(4, 4, 16, 12, 3, scratch, scratch + 1008, NULL, out);
 }
 
 
@@ -790,40 +509,10 @@ static void k23_relu_grad_u1_inplace(const float *restrict z, float *restrict d)
 
 
 /* conv2d_grad_weight up1_1.weight: merged , d_z5__u1 -> d_up1_1.weight */
-static void k24_conv2d_grad_weight_up1_1_weight(const float *restrict a, const float *restrict bb, float *restrict out)
+static void k24_conv2d_grad_weight_up1_1_weight(const float *restrict x, const float *restrict dy, float *restrict out, float *restrict scratch)
 {
-    for (int oc = 0; oc < 4; ++oc) {
-        for (int ic = 0; ic < 8; ++ic) {
-            const float *restrict ap = a + oc * 192;
-            const float *restrict bp = bb + ic * 192;
-            float acc[9];
-            for (int t = 0; t < 9; ++t)
-                acc[t] = 0;
-            for (int r = 0; r < 16; ++r) {
-                const float *restrict ar = ap + r * 12;
-if (r >= 1) {
-                    const float *restrict br = bp + (r - 1) * 12;
-                    acc[0] += unet2_small_dot(ar + 1, br + 0, 11);
-                    acc[1] += unet2_small_dot(ar + 0, br + 0, 12);
-                    acc[2] += unet2_small_dot(ar + 0, br + 1, 11);
-                }
-{
-                    const float *restrict br = bp + (r) * 12;
-                    acc[3] += unet2_small_dot(ar + 1, br + 0, 11);
-                    acc[4] += unet2_small_dot(ar + 0, br + 0, 12);
-                    acc[5] += unet2_small_dot(ar + 0, br + 1, 11);
-                }
-if (r < 15) {
-                    const float *restrict br = bp + (r + 1) * 12;
-                    acc[6] += unet2_small_dot(ar + 1, br + 0, 11);
-                    acc[7] += unet2_small_dot(ar + 0, br + 0, 12);
-                    acc[8] += unet2_small_dot(ar + 0, br + 1, 11);
-                }
-            }
-            for (int t = 0; t < 9; ++t)
-                out[oc * 72 + ic * 9 + t] = acc[t];
-        }
-    }
+    kernel_pad(8, 16, 12, 1, x, scratch);
+    kernel_wgrad(8, 4, 16, 12, 3, scratch, dy, out);
 }
 
 
@@ -836,97 +525,19 @@ static void k25_bias_grad_up1_1_bias(const float *restrict in, float *restrict o
 
 
 /* conv2d_grad_input up1_1: d_z5__u1 -> d_merged__up1_1 */
-static void k26_conv2d_grad_input_up1_1(const float *restrict dy, const float *restrict w, float *restrict out)
+static void k26_conv2d_grad_input_up1_1(const float *restrict dy, const float *restrict w, float *restrict out, float *restrict scratch)
 {
-    for (int oc = 0; oc < 8; oc += 4) {
-        for (int r = 0; r < 16; ++r) {
-            float *restrict y0 = out + ((oc) * 16 + r) * 12;
-            float *restrict y1 = out + ((oc + 1) * 16 + r) * 12;
-            float *restrict y2 = out + ((oc + 2) * 16 + r) * 12;
-            float *restrict y3 = out + ((oc + 3) * 16 + r) * 12;
-            for (int v = 0; v < 12; ++v) {
-                y0[v] = 0;
-                y1[v] = 0;
-                y2[v] = 0;
-                y3[v] = 0;
-            }
-            for (int ic = 0; ic < 4; ++ic) {
-                for (int ki = 0; ki < 3; ++ki) {
-                    const int t = r + 1 - ki;
-                    if (t < 0)
-                        continue;
-                    const int ih = t / 1;
-                    if (ih >= 16)
-                        continue;
-                    const float *restrict xr = dy + (ic * 16 + ih) * 12;
-                    const float *restrict wr0 = w + oc * 9 + ic * 72 + ki * 3;
-                    const float w0_0 = wr0[0];
-                    const float w0_1 = wr0[1];
-                    const float w0_2 = wr0[2];
-                    const float *restrict wr1 = w + (oc + 1) * 9 + ic * 72 + ki * 3;
-                    const float w1_0 = wr1[0];
-                    const float w1_1 = wr1[1];
-                    const float w1_2 = wr1[2];
-                    const float *restrict wr2 = w + (oc + 2) * 9 + ic * 72 + ki * 3;
-                    const float w2_0 = wr2[0];
-                    const float w2_1 = wr2[1];
-                    const float w2_2 = wr2[2];
-                    const float *restrict wr3 = w + (oc + 3) * 9 + ic * 72 + ki * 3;
-                    const float w3_0 = wr3[0];
-                    const float w3_1 = wr3[1];
-                    const float w3_2 = wr3[2];
-                    for (int v = 0; v < 1; ++v) {
-                        y0[v] += w0_0 * xr[v + 1] + w0_1 * xr[v];
-                        y1[v] += w1_0 * xr[v + 1] + w1_1 * xr[v];
-                        y2[v] += w2_0 * xr[v + 1] + w2_1 * xr[v];
-                        y3[v] += w3_0 * xr[v + 1] + w3_1 * xr[v];
-                    }
-                    for (int v = 1; v < 11; ++v) {
-                        y0[v] += w0_0 * xr[v + 1] + w0_1 * xr[v] + w0_2 * xr[v - 1];
-                        y1[v] += w1_0 * xr[v + 1] + w1_1 * xr[v] + w1_2 * xr[v - 1];
-                        y2[v] += w2_0 * xr[v + 1] + w2_1 * xr[v] + w2_2 * xr[v - 1];
-                        y3[v] += w3_0 * xr[v + 1] + w3_1 * xr[v] + w3_2 * xr[v - 1];
-                    }
-                    for (int v = 11; v < 12; ++v) {
-                        y0[v] += w0_1 * xr[v] + w0_2 * xr[v - 1];
-                        y1[v] += w1_1 * xr[v] + w1_2 * xr[v - 1];
-                        y2[v] += w2_1 * xr[v] + w2_2 * xr[v - 1];
-                        y3[v] += w3_1 * xr[v] + w3_2 * xr[v - 1];
-                    }
-                }
-            }
-        }
-    }
+    kernel_pad(4, 16, 12, 1, dy, scratch);
+    kernel_pack(8, 4, 3, w, 8, 9, 72, -3, -1, scratch + 1008);
+    kernel_conv(4, 8, 16, 12, 3, scratch, scratch + 1008, NULL, out);
 }
 
 
 /* conv_transpose2d_grad_weight upT.weight: bottleneck , d_up__merged -> d_upT.weight */
-static void k29_conv_transpose2d_grad_weight_upT_weight(const float *restrict a, const float *restrict bb, float *restrict out)
+static void k29_conv_transpose2d_grad_weight_upT_weight(const float *restrict x, const float *restrict dy, float *restrict out, float *restrict scratch)
 {
-    for (int oc = 0; oc < 8; ++oc) {
-        for (int ic = 0; ic < 4; ++ic) {
-            const float *restrict ap = a + oc * 48;
-            const float *restrict bp = bb + ic * 192;
-            float acc[4];
-            for (int t = 0; t < 4; ++t)
-                acc[t] = 0;
-            for (int r = 0; r < 8; ++r) {
-                const float *restrict ar = ap + r * 6;
-{
-                    const float *restrict br = bp + (2 * r) * 12;
-                    acc[0] += unet2_small_dot_strided(ar + 0, br + 0, 6, 2);
-                    acc[1] += unet2_small_dot_strided(ar + 0, br + 1, 6, 2);
-                }
-{
-                    const float *restrict br = bp + (2 * r + 1) * 12;
-                    acc[2] += unet2_small_dot_strided(ar + 0, br + 0, 6, 2);
-                    acc[3] += unet2_small_dot_strided(ar + 0, br + 1, 6, 2);
-                }
-            }
-            for (int t = 0; t < 4; ++t)
-                out[oc * 16 + ic * 4 + t] = acc[t];
-        }
-    }
+    kernel_im2col(4, 16, 12, 2, 2, 0, 8, 6, dy, scratch);
+    kernel_wgrad(16, 8, 8, 6, 1, scratch, x, out);
 }
 
 
@@ -939,48 +550,11 @@ static void k30_bias_grad_upT_bias(const float *restrict in, float *restrict out
 
 
 /* conv_transpose2d_grad_input upT: d_up__merged -> d_bottleneck__upT */
-static void k31_conv_transpose2d_grad_input_upT(const float *restrict dy, const float *restrict w, float *restrict out)
+static void k31_conv_transpose2d_grad_input_upT(const float *restrict dy, const float *restrict w, float *restrict out, float *restrict scratch)
 {
-    for (int oc = 0; oc < 8; oc += 4) {
-        for (int r = 0; r < 8; ++r) {
-            float *restrict y0 = out + ((oc) * 8 + r) * 6;
-            float *restrict y1 = out + ((oc + 1) * 8 + r) * 6;
-            float *restrict y2 = out + ((oc + 2) * 8 + r) * 6;
-            float *restrict y3 = out + ((oc + 3) * 8 + r) * 6;
-            for (int v = 0; v < 6; ++v) {
-                y0[v] = 0;
-                y1[v] = 0;
-                y2[v] = 0;
-                y3[v] = 0;
-            }
-            for (int ic = 0; ic < 4; ++ic) {
-                for (int ki = 0; ki < 2; ++ki) {
-                    const int ih = r * 2 - 0 + ki;
-                    if (ih < 0 || ih >= 16)
-                        continue;
-                    const float *restrict xr = dy + (ic * 16 + ih) * 12;
-                    const float *restrict wr0 = w + oc * 16 + ic * 4 + ki * 2;
-                    const float w0_0 = wr0[0];
-                    const float w0_1 = wr0[1];
-                    const float *restrict wr1 = w + (oc + 1) * 16 + ic * 4 + ki * 2;
-                    const float w1_0 = wr1[0];
-                    const float w1_1 = wr1[1];
-                    const float *restrict wr2 = w + (oc + 2) * 16 + ic * 4 + ki * 2;
-                    const float w2_0 = wr2[0];
-                    const float w2_1 = wr2[1];
-                    const float *restrict wr3 = w + (oc + 3) * 16 + ic * 4 + ki * 2;
-                    const float w3_0 = wr3[0];
-                    const float w3_1 = wr3[1];
-                    for (int v = 0; v < 6; ++v) {
-                        y0[v] += w0_0 * xr[2 * v] + w0_1 * xr[2 * v + 1];
-                        y1[v] += w1_0 * xr[2 * v] + w1_1 * xr[2 * v + 1];
-                        y2[v] += w2_0 * xr[2 * v] + w2_1 * xr[2 * v + 1];
-                        y3[v] += w3_0 * xr[2 * v] + w3_1 * xr[2 * v + 1];
-                    }
-                }
-            }
-        }
-    }
+    kernel_im2col(4, 16, 12, 2, 2, 0, 8, 6, dy, scratch);
+    kernel_pack(8, 16, 1, w, 0, 16, 1, 0, 0, scratch + 768);
+    kernel_conv(16, 8, 8, 6, 1, scratch, scratch + 768, NULL, out);
 }
 
 
@@ -993,40 +567,10 @@ static void k32_relu_grad_bottleneck_inplace(const float *restrict z, float *res
 
 
 /* conv2d_grad_weight down2_2.weight: b1 , d_z4__bottleneck -> d_down2_2.weight */
-static void k33_conv2d_grad_weight_down2_2_weight(const float *restrict a, const float *restrict bb, float *restrict out)
+static void k33_conv2d_grad_weight_down2_2_weight(const float *restrict x, const float *restrict dy, float *restrict out, float *restrict scratch)
 {
-    for (int oc = 0; oc < 8; ++oc) {
-        for (int ic = 0; ic < 8; ++ic) {
-            const float *restrict ap = a + oc * 48;
-            const float *restrict bp = bb + ic * 48;
-            float acc[9];
-            for (int t = 0; t < 9; ++t)
-                acc[t] = 0;
-            for (int r = 0; r < 8; ++r) {
-                const float *restrict ar = ap + r * 6;
-if (r >= 1) {
-                    const float *restrict br = bp + (r - 1) * 6;
-                    acc[0] += unet2_small_dot(ar + 1, br + 0, 5);
-                    acc[1] += unet2_small_dot(ar + 0, br + 0, 6);
-                    acc[2] += unet2_small_dot(ar + 0, br + 1, 5);
-                }
-{
-                    const float *restrict br = bp + (r) * 6;
-                    acc[3] += unet2_small_dot(ar + 1, br + 0, 5);
-                    acc[4] += unet2_small_dot(ar + 0, br + 0, 6);
-                    acc[5] += unet2_small_dot(ar + 0, br + 1, 5);
-                }
-if (r < 7) {
-                    const float *restrict br = bp + (r + 1) * 6;
-                    acc[6] += unet2_small_dot(ar + 1, br + 0, 5);
-                    acc[7] += unet2_small_dot(ar + 0, br + 0, 6);
-                    acc[8] += unet2_small_dot(ar + 0, br + 1, 5);
-                }
-            }
-            for (int t = 0; t < 9; ++t)
-                out[oc * 72 + ic * 9 + t] = acc[t];
-        }
-    }
+    kernel_pad(8, 8, 6, 1, x, scratch);
+    kernel_wgrad(8, 8, 8, 6, 3, scratch, dy, out);
 }
 
 
@@ -1039,67 +583,11 @@ static void k34_bias_grad_down2_2_bias(const float *restrict in, float *restrict
 
 
 /* conv2d_grad_input down2_2: d_z4__bottleneck -> d_b1__down2_2 */
-static void k35_conv2d_grad_input_down2_2(const float *restrict dy, const float *restrict w, float *restrict out)
+static void k35_conv2d_grad_input_down2_2(const float *restrict dy, const float *restrict w, float *restrict out, float *restrict scratch)
 {
-    for (int oc = 0; oc < 8; oc += 4) {
-        for (int r = 0; r < 8; ++r) {
-            float *restrict y0 = out + ((oc) * 8 + r) * 6;
-            float *restrict y1 = out + ((oc + 1) * 8 + r) * 6;
-            float *restrict y2 = out + ((oc + 2) * 8 + r) * 6;
-            float *restrict y3 = out + ((oc + 3) * 8 + r) * 6;
-            for (int v = 0; v < 6; ++v) {
-                y0[v] = 0;
-                y1[v] = 0;
-                y2[v] = 0;
-                y3[v] = 0;
-            }
-            for (int ic = 0; ic < 8; ++ic) {
-                for (int ki = 0; ki < 3; ++ki) {
-                    const int t = r + 1 - ki;
-                    if (t < 0)
-                        continue;
-                    const int ih = t / 1;
-                    if (ih >= 8)
-                        continue;
-                    const float *restrict xr = dy + (ic * 8 + ih) * 6;
-                    const float *restrict wr0 = w + oc * 9 + ic * 72 + ki * 3;
-                    const float w0_0 = wr0[0];
-                    const float w0_1 = wr0[1];
-                    const float w0_2 = wr0[2];
-                    const float *restrict wr1 = w + (oc + 1) * 9 + ic * 72 + ki * 3;
-                    const float w1_0 = wr1[0];
-                    const float w1_1 = wr1[1];
-                    const float w1_2 = wr1[2];
-                    const float *restrict wr2 = w + (oc + 2) * 9 + ic * 72 + ki * 3;
-                    const float w2_0 = wr2[0];
-                    const float w2_1 = wr2[1];
-                    const float w2_2 = wr2[2];
-                    const float *restrict wr3 = w + (oc + 3) * 9 + ic * 72 + ki * 3;
-                    const float w3_0 = wr3[0];
-                    const float w3_1 = wr3[1];
-                    const float w3_2 = wr3[2];
-                    for (int v = 0; v < 1; ++v) {
-                        y0[v] += w0_0 * xr[v + 1] + w0_1 * xr[v];
-                        y1[v] += w1_0 * xr[v + 1] + w1_1 * xr[v];
-                        y2[v] += w2_0 * xr[v + 1] + w2_1 * xr[v];
-                        y3[v] += w3_0 * xr[v + 1] + w3_1 * xr[v];
-                    }
-                    for (int v = 1; v < 5; ++v) {
-                        y0[v] += w0_0 * xr[v + 1] + w0_1 * xr[v] + w0_2 * xr[v - 1];
-                        y1[v] += w1_0 * xr[v + 1] + w1_1 * xr[v] + w1_2 * xr[v - 1];
-                        y2[v] += w2_0 * xr[v + 1] + w2_1 * xr[v] + w2_2 * xr[v - 1];
-                        y3[v] += w3_0 * xr[v + 1] + w3_1 * xr[v] + w3_2 * xr[v - 1];
-                    }
-                    for (int v = 5; v < 6; ++v) {
-                        y0[v] += w0_1 * xr[v] + w0_2 * xr[v - 1];
-                        y1[v] += w1_1 * xr[v] + w1_2 * xr[v - 1];
-                        y2[v] += w2_1 * xr[v] + w2_2 * xr[v - 1];
-                        y3[v] += w3_1 * xr[v] + w3_2 * xr[v - 1];
-                    }
-                }
-            }
-        }
-    }
+    kernel_pad(8, 8, 6, 1, dy, scratch);
+    kernel_pack(8, 8, 3, w, 8, 9, 72, -3, -1, scratch + 640);
+    kernel_conv(8, 8, 8, 6, 3, scratch, scratch + 640, NULL, out);
 }
 
 
@@ -1112,40 +600,10 @@ static void k36_relu_grad_b1_inplace(const float *restrict z, float *restrict d)
 
 
 /* conv2d_grad_weight down2_1.weight: pooled , d_z3__b1 -> d_down2_1.weight */
-static void k37_conv2d_grad_weight_down2_1_weight(const float *restrict a, const float *restrict bb, float *restrict out)
+static void k37_conv2d_grad_weight_down2_1_weight(const float *restrict x, const float *restrict dy, float *restrict out, float *restrict scratch)
 {
-    for (int oc = 0; oc < 8; ++oc) {
-        for (int ic = 0; ic < 4; ++ic) {
-            const float *restrict ap = a + oc * 48;
-            const float *restrict bp = bb + ic * 48;
-            float acc[9];
-            for (int t = 0; t < 9; ++t)
-                acc[t] = 0;
-            for (int r = 0; r < 8; ++r) {
-                const float *restrict ar = ap + r * 6;
-if (r >= 1) {
-                    const float *restrict br = bp + (r - 1) * 6;
-                    acc[0] += unet2_small_dot(ar + 1, br + 0, 5);
-                    acc[1] += unet2_small_dot(ar + 0, br + 0, 6);
-                    acc[2] += unet2_small_dot(ar + 0, br + 1, 5);
-                }
-{
-                    const float *restrict br = bp + (r) * 6;
-                    acc[3] += unet2_small_dot(ar + 1, br + 0, 5);
-                    acc[4] += unet2_small_dot(ar + 0, br + 0, 6);
-                    acc[5] += unet2_small_dot(ar + 0, br + 1, 5);
-                }
-if (r < 7) {
-                    const float *restrict br = bp + (r + 1) * 6;
-                    acc[6] += unet2_small_dot(ar + 1, br + 0, 5);
-                    acc[7] += unet2_small_dot(ar + 0, br + 0, 6);
-                    acc[8] += unet2_small_dot(ar + 0, br + 1, 5);
-                }
-            }
-            for (int t = 0; t < 9; ++t)
-                out[oc * 36 + ic * 9 + t] = acc[t];
-        }
-    }
+    kernel_pad(4, 8, 6, 1, x, scratch);
+    kernel_wgrad(4, 8, 8, 6, 3, scratch, dy, out);
 }
 
 
@@ -1158,67 +616,11 @@ static void k38_bias_grad_down2_1_bias(const float *restrict in, float *restrict
 
 
 /* conv2d_grad_input down2_1: d_z3__b1 -> d_pooled__down2_1 */
-static void k39_conv2d_grad_input_down2_1(const float *restrict dy, const float *restrict w, float *restrict out)
+static void k39_conv2d_grad_input_down2_1(const float *restrict dy, const float *restrict w, float *restrict out, float *restrict scratch)
 {
-    for (int oc = 0; oc < 4; oc += 4) {
-        for (int r = 0; r < 8; ++r) {
-            float *restrict y0 = out + ((oc) * 8 + r) * 6;
-            float *restrict y1 = out + ((oc + 1) * 8 + r) * 6;
-            float *restrict y2 = out + ((oc + 2) * 8 + r) * 6;
-            float *restrict y3 = out + ((oc + 3) * 8 + r) * 6;
-            for (int v = 0; v < 6; ++v) {
-                y0[v] = 0;
-                y1[v] = 0;
-                y2[v] = 0;
-                y3[v] = 0;
-            }
-            for (int ic = 0; ic < 8; ++ic) {
-                for (int ki = 0; ki < 3; ++ki) {
-                    const int t = r + 1 - ki;
-                    if (t < 0)
-                        continue;
-                    const int ih = t / 1;
-                    if (ih >= 8)
-                        continue;
-                    const float *restrict xr = dy + (ic * 8 + ih) * 6;
-                    const float *restrict wr0 = w + oc * 9 + ic * 36 + ki * 3;
-                    const float w0_0 = wr0[0];
-                    const float w0_1 = wr0[1];
-                    const float w0_2 = wr0[2];
-                    const float *restrict wr1 = w + (oc + 1) * 9 + ic * 36 + ki * 3;
-                    const float w1_0 = wr1[0];
-                    const float w1_1 = wr1[1];
-                    const float w1_2 = wr1[2];
-                    const float *restrict wr2 = w + (oc + 2) * 9 + ic * 36 + ki * 3;
-                    const float w2_0 = wr2[0];
-                    const float w2_1 = wr2[1];
-                    const float w2_2 = wr2[2];
-                    const float *restrict wr3 = w + (oc + 3) * 9 + ic * 36 + ki * 3;
-                    const float w3_0 = wr3[0];
-                    const float w3_1 = wr3[1];
-                    const float w3_2 = wr3[2];
-                    for (int v = 0; v < 1; ++v) {
-                        y0[v] += w0_0 * xr[v + 1] + w0_1 * xr[v];
-                        y1[v] += w1_0 * xr[v + 1] + w1_1 * xr[v];
-                        y2[v] += w2_0 * xr[v + 1] + w2_1 * xr[v];
-                        y3[v] += w3_0 * xr[v + 1] + w3_1 * xr[v];
-                    }
-                    for (int v = 1; v < 5; ++v) {
-                        y0[v] += w0_0 * xr[v + 1] + w0_1 * xr[v] + w0_2 * xr[v - 1];
-                        y1[v] += w1_0 * xr[v + 1] + w1_1 * xr[v] + w1_2 * xr[v - 1];
-                        y2[v] += w2_0 * xr[v + 1] + w2_1 * xr[v] + w2_2 * xr[v - 1];
-                        y3[v] += w3_0 * xr[v + 1] + w3_1 * xr[v] + w3_2 * xr[v - 1];
-                    }
-                    for (int v = 5; v < 6; ++v) {
-                        y0[v] += w0_1 * xr[v] + w0_2 * xr[v - 1];
-                        y1[v] += w1_1 * xr[v] + w1_2 * xr[v - 1];
-                        y2[v] += w2_1 * xr[v] + w2_2 * xr[v - 1];
-                        y3[v] += w3_1 * xr[v] + w3_2 * xr[v - 1];
-                    }
-                }
-            }
-        }
-    }
+    kernel_pad(8, 8, 6, 1, dy, scratch);
+    kernel_pack(4, 8, 3, w, 8, 9, 36, -3, -1, scratch + 640);
+    kernel_conv(8, 4, 8, 6, 3, scratch, scratch + 640, NULL, out);
 }
 
 
@@ -1264,40 +666,10 @@ static void k42_relu_grad_skip1_inplace(const float *restrict z, float *restrict
 
 
 /* conv2d_grad_weight down1_2.weight: s1 , d_z2__skip1 -> d_down1_2.weight */
-static void k43_conv2d_grad_weight_down1_2_weight(const float *restrict a, const float *restrict bb, float *restrict out)
+static void k43_conv2d_grad_weight_down1_2_weight(const float *restrict x, const float *restrict dy, float *restrict out, float *restrict scratch)
 {
-    for (int oc = 0; oc < 4; ++oc) {
-        for (int ic = 0; ic < 4; ++ic) {
-            const float *restrict ap = a + oc * 192;
-            const float *restrict bp = bb + ic * 192;
-            float acc[9];
-            for (int t = 0; t < 9; ++t)
-                acc[t] = 0;
-            for (int r = 0; r < 16; ++r) {
-                const float *restrict ar = ap + r * 12;
-if (r >= 1) {
-                    const float *restrict br = bp + (r - 1) * 12;
-                    acc[0] += unet2_small_dot(ar + 1, br + 0, 11);
-                    acc[1] += unet2_small_dot(ar + 0, br + 0, 12);
-                    acc[2] += unet2_small_dot(ar + 0, br + 1, 11);
-                }
-{
-                    const float *restrict br = bp + (r) * 12;
-                    acc[3] += unet2_small_dot(ar + 1, br + 0, 11);
-                    acc[4] += unet2_small_dot(ar + 0, br + 0, 12);
-                    acc[5] += unet2_small_dot(ar + 0, br + 1, 11);
-                }
-if (r < 15) {
-                    const float *restrict br = bp + (r + 1) * 12;
-                    acc[6] += unet2_small_dot(ar + 1, br + 0, 11);
-                    acc[7] += unet2_small_dot(ar + 0, br + 0, 12);
-                    acc[8] += unet2_small_dot(ar + 0, br + 1, 11);
-                }
-            }
-            for (int t = 0; t < 9; ++t)
-                out[oc * 36 + ic * 9 + t] = acc[t];
-        }
-    }
+    kernel_pad(4, 16, 12, 1, x, scratch);
+    kernel_wgrad(4, 4, 16, 12, 3, scratch, dy, out);
 }
 
 
@@ -1310,67 +682,11 @@ static void k44_bias_grad_down1_2_bias(const float *restrict in, float *restrict
 
 
 /* conv2d_grad_input down1_2: d_z2__skip1 -> d_s1__down1_2 */
-static void k45_conv2d_grad_input_down1_2(const float *restrict dy, const float *restrict w, float *restrict out)
+static void k45_conv2d_grad_input_down1_2(const float *restrict dy, const float *restrict w, float *restrict out, float *restrict scratch)
 {
-    for (int oc = 0; oc < 4; oc += 4) {
-        for (int r = 0; r < 16; ++r) {
-            float *restrict y0 = out + ((oc) * 16 + r) * 12;
-            float *restrict y1 = out + ((oc + 1) * 16 + r) * 12;
-            float *restrict y2 = out + ((oc + 2) * 16 + r) * 12;
-            float *restrict y3 = out + ((oc + 3) * 16 + r) * 12;
-            for (int v = 0; v < 12; ++v) {
-                y0[v] = 0;
-                y1[v] = 0;
-                y2[v] = 0;
-                y3[v] = 0;
-            }
-            for (int ic = 0; ic < 4; ++ic) {
-                for (int ki = 0; ki < 3; ++ki) {
-                    const int t = r + 1 - ki;
-                    if (t < 0)
-                        continue;
-                    const int ih = t / 1;
-                    if (ih >= 16)
-                        continue;
-                    const float *restrict xr = dy + (ic * 16 + ih) * 12;
-                    const float *restrict wr0 = w + oc * 9 + ic * 36 + ki * 3;
-                    const float w0_0 = wr0[0];
-                    const float w0_1 = wr0[1];
-                    const float w0_2 = wr0[2];
-                    const float *restrict wr1 = w + (oc + 1) * 9 + ic * 36 + ki * 3;
-                    const float w1_0 = wr1[0];
-                    const float w1_1 = wr1[1];
-                    const float w1_2 = wr1[2];
-                    const float *restrict wr2 = w + (oc + 2) * 9 + ic * 36 + ki * 3;
-                    const float w2_0 = wr2[0];
-                    const float w2_1 = wr2[1];
-                    const float w2_2 = wr2[2];
-                    const float *restrict wr3 = w + (oc + 3) * 9 + ic * 36 + ki * 3;
-                    const float w3_0 = wr3[0];
-                    const float w3_1 = wr3[1];
-                    const float w3_2 = wr3[2];
-                    for (int v = 0; v < 1; ++v) {
-                        y0[v] += w0_0 * xr[v + 1] + w0_1 * xr[v];
-                        y1[v] += w1_0 * xr[v + 1] + w1_1 * xr[v];
-                        y2[v] += w2_0 * xr[v + 1] + w2_1 * xr[v];
-                        y3[v] += w3_0 * xr[v + 1] + w3_1 * xr[v];
-                    }
-                    for (int v = 1; v < 11; ++v) {
-                        y0[v] += w0_0 * xr[v + 1] + w0_1 * xr[v] + w0_2 * xr[v - 1];
-                        y1[v] += w1_0 * xr[v + 1] + w1_1 * xr[v] + w1_2 * xr[v - 1];
-                        y2[v] += w2_0 * xr[v + 1] + w2_1 * xr[v] + w2_2 * xr[v - 1];
-                        y3[v] += w3_0 * xr[v + 1] + w3_1 * xr[v] + w3_2 * xr[v - 1];
-                    }
-                    for (int v = 11; v < 12; ++v) {
-                        y0[v] += w0_1 * xr[v] + w0_2 * xr[v - 1];
-                        y1[v] += w1_1 * xr[v] + w1_2 * xr[v - 1];
-                        y2[v] += w2_1 * xr[v] + w2_2 * xr[v - 1];
-                        y3[v] += w3_1 * xr[v] + w3_2 * xr[v - 1];
-                    }
-                }
-            }
-        }
-    }
+    kernel_pad(4, 16, 12, 1, dy, scratch);
+    kernel_pack(4, 4, 3, w, 8, 9, 36, -3, -1, scratch + 1008);
+    kernel_conv(4, 4, 16, 12, 3, scratch, scratch + 1008, NULL, out);
 }
 
 
@@ -1383,40 +699,10 @@ static void k46_relu_grad_s1_inplace(const float *restrict z, float *restrict d)
 
 
 /* conv2d_grad_weight down1_1.weight: x , d_z1__s1 -> d_down1_1.weight */
-static void k47_conv2d_grad_weight_down1_1_weight(const float *restrict a, const float *restrict bb, float *restrict out)
+static void k47_conv2d_grad_weight_down1_1_weight(const float *restrict x, const float *restrict dy, float *restrict out, float *restrict scratch)
 {
-    for (int oc = 0; oc < 4; ++oc) {
-        for (int ic = 0; ic < 1; ++ic) {
-            const float *restrict ap = a + oc * 192;
-            const float *restrict bp = bb + ic * 192;
-            float acc[9];
-            for (int t = 0; t < 9; ++t)
-                acc[t] = 0;
-            for (int r = 0; r < 16; ++r) {
-                const float *restrict ar = ap + r * 12;
-if (r >= 1) {
-                    const float *restrict br = bp + (r - 1) * 12;
-                    acc[0] += unet2_small_dot(ar + 1, br + 0, 11);
-                    acc[1] += unet2_small_dot(ar + 0, br + 0, 12);
-                    acc[2] += unet2_small_dot(ar + 0, br + 1, 11);
-                }
-{
-                    const float *restrict br = bp + (r) * 12;
-                    acc[3] += unet2_small_dot(ar + 1, br + 0, 11);
-                    acc[4] += unet2_small_dot(ar + 0, br + 0, 12);
-                    acc[5] += unet2_small_dot(ar + 0, br + 1, 11);
-                }
-if (r < 15) {
-                    const float *restrict br = bp + (r + 1) * 12;
-                    acc[6] += unet2_small_dot(ar + 1, br + 0, 11);
-                    acc[7] += unet2_small_dot(ar + 0, br + 0, 12);
-                    acc[8] += unet2_small_dot(ar + 0, br + 1, 11);
-                }
-            }
-            for (int t = 0; t < 9; ++t)
-                out[oc * 9 + ic * 9 + t] = acc[t];
-        }
-    }
+    kernel_pad(1, 16, 12, 1, x, scratch);
+    kernel_wgrad(1, 4, 16, 12, 3, scratch, dy, out);
 }
 
 
@@ -1429,40 +715,11 @@ static void k48_bias_grad_down1_1_bias(const float *restrict in, float *restrict
 
 
 /* conv2d_grad_input down1_1: d_z1__s1 -> d_x__down1_1 */
-static void k49_conv2d_grad_input_down1_1(const float *restrict dy, const float *restrict w, float *restrict out)
+static void k49_conv2d_grad_input_down1_1(const float *restrict dy, const float *restrict w, float *restrict out, float *restrict scratch)
 {
-    for (int oc = 0; oc < 1; oc += 1) {
-        for (int r = 0; r < 16; ++r) {
-            float *restrict y0 = out + ((oc) * 16 + r) * 12;
-            for (int v = 0; v < 12; ++v) {
-                y0[v] = 0;
-            }
-            for (int ic = 0; ic < 4; ++ic) {
-                for (int ki = 0; ki < 3; ++ki) {
-                    const int t = r + 1 - ki;
-                    if (t < 0)
-                        continue;
-                    const int ih = t / 1;
-                    if (ih >= 16)
-                        continue;
-                    const float *restrict xr = dy + (ic * 16 + ih) * 12;
-                    const float *restrict wr0 = w + oc * 9 + ic * 9 + ki * 3;
-                    const float w0_0 = wr0[0];
-                    const float w0_1 = wr0[1];
-                    const float w0_2 = wr0[2];
-                    for (int v = 0; v < 1; ++v) {
-                        y0[v] += w0_0 * xr[v + 1] + w0_1 * xr[v];
-                    }
-                    for (int v = 1; v < 11; ++v) {
-                        y0[v] += w0_0 * xr[v + 1] + w0_1 * xr[v] + w0_2 * xr[v - 1];
-                    }
-                    for (int v = 11; v < 12; ++v) {
-                        y0[v] += w0_1 * xr[v] + w0_2 * xr[v - 1];
-                    }
-                }
-            }
-        }
-    }
+    kernel_pad(4, 16, 12, 1, dy, scratch);
+    kernel_pack(1, 4, 3, w, 8, 9, 9, -3, -1, scratch + 1008);
+    kernel_conv(4, 1, 16, 12, 3, scratch, scratch + 1008, NULL, out);
 }
 
 
@@ -1513,7 +770,8 @@ int unet2_small_forward(const unet2_small_params *p, const float *x, float *y, v
     if (!p->out1x1_bias)
         return UNET2_SMALL_ERR_NULL;
     unsigned char *base = unet2_small_align(ws);
-    /* workspace plan: 10752 bytes */
+    /* workspace plan: 10752 bytes, then the conv kernels' scratch area */
+    float *const scratch = (float *)(void *)(base + 34560);
     float *const t_pooled = (float *)(void *)(base + 0); /* pooled (4, 8, 6), 768 B */
     float *const t_z1 = (float *)(void *)(base + 0); /* z1 (4, 16, 12), 3072 B */
     float *const t_z2 = (float *)(void *)(base + 0); /* z2 (4, 16, 12), 3072 B */
@@ -1527,21 +785,21 @@ int unet2_small_forward(const unet2_small_params *p, const float *x, float *y, v
     float *const t_u1 = (float *)(void *)(base + 3072); /* u1 (4, 16, 12), 3072 B */
     float *const t_u2 = (float *)(void *)(base + 3072); /* u2 (4, 16, 12), 3072 B */
     float *const t_b1 = (float *)(void *)(base + 9216); /* b1 (8, 8, 6), 1536 B */
-    k00_conv2d_down1_1(x, p->down1_1_weight, p->down1_1_bias, t_z1); /* conv2d down1_1 -> z1 */
+    k00_conv2d_down1_1(x, p->down1_1_weight, p->down1_1_bias, t_z1, scratch); /* conv2d down1_1 -> z1 */
     k01_relu_s1(t_z1, t_s1); /* relu s1 -> s1 */
-    k02_conv2d_down1_2(t_s1, p->down1_2_weight, p->down1_2_bias, t_z2); /* conv2d down1_2 -> z2 */
+    k02_conv2d_down1_2(t_s1, p->down1_2_weight, p->down1_2_bias, t_z2, scratch); /* conv2d down1_2 -> z2 */
     k03_relu_skip1(t_z2, t_merged); /* relu skip1 -> skip1 */
     k04_maxpool2d_pool(t_merged, t_pooled); /* maxpool2d pool -> pooled */
-    k05_conv2d_down2_1(t_pooled, p->down2_1_weight, p->down2_1_bias, t_z3); /* conv2d down2_1 -> z3 */
+    k05_conv2d_down2_1(t_pooled, p->down2_1_weight, p->down2_1_bias, t_z3, scratch); /* conv2d down2_1 -> z3 */
     k06_relu_b1(t_z3, t_b1); /* relu b1 -> b1 */
-    k07_conv2d_down2_2(t_b1, p->down2_2_weight, p->down2_2_bias, t_z4); /* conv2d down2_2 -> z4 */
+    k07_conv2d_down2_2(t_b1, p->down2_2_weight, p->down2_2_bias, t_z4, scratch); /* conv2d down2_2 -> z4 */
     k08_relu_bottleneck(t_z4, t_bottleneck); /* relu bottleneck -> bottleneck */
-    k09_conv_transpose2d_upT(t_bottleneck, p->upT_weight, p->upT_bias, t_merged + 768); /* conv_transpose2d upT -> up */
-    k11_conv2d_up1_1(t_merged, p->up1_1_weight, p->up1_1_bias, t_z5); /* conv2d up1_1 -> z5 */
+    k09_conv_transpose2d_upT(t_bottleneck, p->upT_weight, p->upT_bias, t_merged + 768, scratch); /* conv_transpose2d upT -> up */
+    k11_conv2d_up1_1(t_merged, p->up1_1_weight, p->up1_1_bias, t_z5, scratch); /* conv2d up1_1 -> z5 */
     k12_relu_u1(t_z5, t_u1); /* relu u1 -> u1 */
-    k13_conv2d_up1_2(t_u1, p->up1_2_weight, p->up1_2_bias, t_z6); /* conv2d up1_2 -> z6 */
+    k13_conv2d_up1_2(t_u1, p->up1_2_weight, p->up1_2_bias, t_z6, scratch); /* conv2d up1_2 -> z6 */
     k14_relu_u2(t_z6, t_u2); /* relu u2 -> u2 */
-    k15_conv2d_out1x1(t_u2, p->out1x1_weight, p->out1x1_bias, y); /* conv2d out1x1 -> y */
+    k15_conv2d_out1x1(t_u2, p->out1x1_weight, p->out1x1_bias, y, scratch); /* conv2d out1x1 -> y */
     return UNET2_SMALL_OK;
 }
 
@@ -1583,7 +841,8 @@ int unet2_small_backward(const unet2_small_params *p, const float *x, const floa
     if (!p->out1x1_bias || !g->out1x1_bias)
         return UNET2_SMALL_ERR_NULL;
     unsigned char *base = unet2_small_align(ws);
-    /* workspace plan: 34560 bytes */
+    /* workspace plan: 34560 bytes, then the conv kernels' scratch area */
+    float *const scratch = (float *)(void *)(base + 34560);
     float *const t_z1 = (float *)(void *)(base + 0); /* z1 (4, 16, 12), 3072 B */
     float *const t_d_s1__down1_2 = (float *)(void *)(base + 3072); /* d_s1__down1_2 (4, 16, 12), 3072 B */
     float *const t_s1 = (float *)(void *)(base + 3072); /* s1 (4, 16, 12), 3072 B */
@@ -1605,51 +864,51 @@ int unet2_small_backward(const unet2_small_params *p, const float *x, const floa
     float *const t_z6 = (float *)(void *)(base + 28416); /* z6 (4, 16, 12), 3072 B */
     float *const t_d_u2__out1x1 = (float *)(void *)(base + 31488); /* d_u2__out1x1 (4, 16, 12), 3072 B */
     float *const t_u2 = (float *)(void *)(base + 31488); /* u2 (4, 16, 12), 3072 B */
-    k00_conv2d_down1_1(x, p->down1_1_weight, p->down1_1_bias, t_z1); /* conv2d down1_1 -> z1 */
+    k00_conv2d_down1_1(x, p->down1_1_weight, p->down1_1_bias, t_z1, scratch); /* conv2d down1_1 -> z1 */
     k01_relu_s1(t_z1, t_s1); /* relu s1 -> s1 */
-    k02_conv2d_down1_2(t_s1, p->down1_2_weight, p->down1_2_bias, t_z2); /* conv2d down1_2 -> z2 */
+    k02_conv2d_down1_2(t_s1, p->down1_2_weight, p->down1_2_bias, t_z2, scratch); /* conv2d down1_2 -> z2 */
     k03_relu_skip1(t_z2, t_merged); /* relu skip1 -> skip1 */
     k04_maxpool2d_pool(t_merged, t_pooled); /* maxpool2d pool -> pooled */
-    k05_conv2d_down2_1(t_pooled, p->down2_1_weight, p->down2_1_bias, t_z3); /* conv2d down2_1 -> z3 */
+    k05_conv2d_down2_1(t_pooled, p->down2_1_weight, p->down2_1_bias, t_z3, scratch); /* conv2d down2_1 -> z3 */
     k06_relu_b1(t_z3, t_b1); /* relu b1 -> b1 */
-    k07_conv2d_down2_2(t_b1, p->down2_2_weight, p->down2_2_bias, t_z4); /* conv2d down2_2 -> z4 */
+    k07_conv2d_down2_2(t_b1, p->down2_2_weight, p->down2_2_bias, t_z4, scratch); /* conv2d down2_2 -> z4 */
     k08_relu_bottleneck(t_z4, t_bottleneck); /* relu bottleneck -> bottleneck */
-    k09_conv_transpose2d_upT(t_bottleneck, p->upT_weight, p->upT_bias, t_merged + 768); /* conv_transpose2d upT -> up */
-    k11_conv2d_up1_1(t_merged, p->up1_1_weight, p->up1_1_bias, t_z5); /* conv2d up1_1 -> z5 */
+    k09_conv_transpose2d_upT(t_bottleneck, p->upT_weight, p->upT_bias, t_merged + 768, scratch); /* conv_transpose2d upT -> up */
+    k11_conv2d_up1_1(t_merged, p->up1_1_weight, p->up1_1_bias, t_z5, scratch); /* conv2d up1_1 -> z5 */
     k12_relu_u1(t_z5, t_u1); /* relu u1 -> u1 */
-    k13_conv2d_up1_2(t_u1, p->up1_2_weight, p->up1_2_bias, t_z6); /* conv2d up1_2 -> z6 */
+    k13_conv2d_up1_2(t_u1, p->up1_2_weight, p->up1_2_bias, t_z6, scratch); /* conv2d up1_2 -> z6 */
     k14_relu_u2(t_z6, t_u2); /* relu u2 -> u2 */
-    k16_conv2d_grad_weight_out1x1_weight(grad_y, t_u2, g->out1x1_weight); /* conv2d_grad_weight out1x1.weight -> d_out1x1.weight */
+    k16_conv2d_grad_weight_out1x1_weight(t_u2, grad_y, g->out1x1_weight, scratch); /* conv2d_grad_weight out1x1.weight -> d_out1x1.weight */
     k17_bias_grad_out1x1_bias(grad_y, g->out1x1_bias); /* bias_grad out1x1.bias -> d_out1x1.bias */
-    k18_conv2d_grad_input_out1x1(grad_y, p->out1x1_weight, t_d_u2__out1x1); /* conv2d_grad_input out1x1 -> d_u2__out1x1 */
+    k18_conv2d_grad_input_out1x1(grad_y, p->out1x1_weight, t_d_u2__out1x1, scratch); /* conv2d_grad_input out1x1 -> d_u2__out1x1 */
     k19_relu_grad_u2_inplace(t_z6, t_d_u2__out1x1); /* relu_grad u2 -> d_z6__u2 (in place over d_u2__out1x1) */
-    k20_conv2d_grad_weight_up1_2_weight(t_d_u2__out1x1, t_u1, g->up1_2_weight); /* conv2d_grad_weight up1_2.weight -> d_up1_2.weight */
+    k20_conv2d_grad_weight_up1_2_weight(t_u1, t_d_u2__out1x1, g->up1_2_weight, scratch); /* conv2d_grad_weight up1_2.weight -> d_up1_2.weight */
     k21_bias_grad_up1_2_bias(t_d_u2__out1x1, g->up1_2_bias); /* bias_grad up1_2.bias -> d_up1_2.bias */
-    k22_conv2d_grad_input_up1_2(t_d_u2__out1x1, p->up1_2_weight, t_d_u1__up1_2); /* conv2d_grad_input up1_2 -> d_u1__up1_2 */
+    k22_conv2d_grad_input_up1_2(t_d_u2__out1x1, p->up1_2_weight, t_d_u1__up1_2, scratch); /* conv2d_grad_input up1_2 -> d_u1__up1_2 */
     k23_relu_grad_u1_inplace(t_z5, t_d_u1__up1_2); /* relu_grad u1 -> d_z5__u1 (in place over d_u1__up1_2) */
-    k24_conv2d_grad_weight_up1_1_weight(t_d_u1__up1_2, t_merged, g->up1_1_weight); /* conv2d_grad_weight up1_1.weight -> d_up1_1.weight */
+    k24_conv2d_grad_weight_up1_1_weight(t_merged, t_d_u1__up1_2, g->up1_1_weight, scratch); /* conv2d_grad_weight up1_1.weight -> d_up1_1.weight */
     k25_bias_grad_up1_1_bias(t_d_u1__up1_2, g->up1_1_bias); /* bias_grad up1_1.bias -> d_up1_1.bias */
-    k26_conv2d_grad_input_up1_1(t_d_u1__up1_2, p->up1_1_weight, t_d_merged__up1_1); /* conv2d_grad_input up1_1 -> d_merged__up1_1 */
-    k29_conv_transpose2d_grad_weight_upT_weight(t_bottleneck, t_d_merged__up1_1 + 768, g->upT_weight); /* conv_transpose2d_grad_weight upT.weight -> d_upT.weight */
+    k26_conv2d_grad_input_up1_1(t_d_u1__up1_2, p->up1_1_weight, t_d_merged__up1_1, scratch); /* conv2d_grad_input up1_1 -> d_merged__up1_1 */
+    k29_conv_transpose2d_grad_weight_upT_weight(t_bottleneck, t_d_merged__up1_1 + 768, g->upT_weight, scratch); /* conv_transpose2d_grad_weight upT.weight -> d_upT.weight */
     k30_bias_grad_upT_bias(t_d_merged__up1_1 + 768, g->upT_bias); /* bias_grad upT.bias -> d_upT.bias */
-    k31_conv_transpose2d_grad_input_upT(t_d_merged__up1_1 + 768, p->upT_weight, t_d_bottleneck__upT); /* conv_transpose2d_grad_input upT -> d_bottleneck__upT */
+    k31_conv_transpose2d_grad_input_upT(t_d_merged__up1_1 + 768, p->upT_weight, t_d_bottleneck__upT, scratch); /* conv_transpose2d_grad_input upT -> d_bottleneck__upT */
     k32_relu_grad_bottleneck_inplace(t_z4, t_d_bottleneck__upT); /* relu_grad bottleneck -> d_z4__bottleneck (in place over d_bottleneck__upT) */
-    k33_conv2d_grad_weight_down2_2_weight(t_d_bottleneck__upT, t_b1, g->down2_2_weight); /* conv2d_grad_weight down2_2.weight -> d_down2_2.weight */
+    k33_conv2d_grad_weight_down2_2_weight(t_b1, t_d_bottleneck__upT, g->down2_2_weight, scratch); /* conv2d_grad_weight down2_2.weight -> d_down2_2.weight */
     k34_bias_grad_down2_2_bias(t_d_bottleneck__upT, g->down2_2_bias); /* bias_grad down2_2.bias -> d_down2_2.bias */
-    k35_conv2d_grad_input_down2_2(t_d_bottleneck__upT, p->down2_2_weight, t_d_b1__down2_2); /* conv2d_grad_input down2_2 -> d_b1__down2_2 */
+    k35_conv2d_grad_input_down2_2(t_d_bottleneck__upT, p->down2_2_weight, t_d_b1__down2_2, scratch); /* conv2d_grad_input down2_2 -> d_b1__down2_2 */
     k36_relu_grad_b1_inplace(t_z3, t_d_b1__down2_2); /* relu_grad b1 -> d_z3__b1 (in place over d_b1__down2_2) */
-    k37_conv2d_grad_weight_down2_1_weight(t_d_b1__down2_2, t_pooled, g->down2_1_weight); /* conv2d_grad_weight down2_1.weight -> d_down2_1.weight */
+    k37_conv2d_grad_weight_down2_1_weight(t_pooled, t_d_b1__down2_2, g->down2_1_weight, scratch); /* conv2d_grad_weight down2_1.weight -> d_down2_1.weight */
     k38_bias_grad_down2_1_bias(t_d_b1__down2_2, g->down2_1_bias); /* bias_grad down2_1.bias -> d_down2_1.bias */
-    k39_conv2d_grad_input_down2_1(t_d_b1__down2_2, p->down2_1_weight, t_d_pooled__down2_1); /* conv2d_grad_input down2_1 -> d_pooled__down2_1 */
+    k39_conv2d_grad_input_down2_1(t_d_b1__down2_2, p->down2_1_weight, t_d_pooled__down2_1, scratch); /* conv2d_grad_input down2_1 -> d_pooled__down2_1 */
     k40_maxpool2d_grad_pool(t_merged, t_d_pooled__down2_1, t_d_skip1__pool); /* maxpool2d_grad pool -> d_skip1__pool */
     k41_add_d_skip1_inplace(t_d_merged__up1_1, t_d_skip1__pool); /* add d_skip1 -> d_skip1 (in place over d_skip1__merged) */
     k42_relu_grad_skip1_inplace(t_z2, t_d_merged__up1_1); /* relu_grad skip1 -> d_z2__skip1 (in place over d_skip1) */
-    k43_conv2d_grad_weight_down1_2_weight(t_d_merged__up1_1, t_s1, g->down1_2_weight); /* conv2d_grad_weight down1_2.weight -> d_down1_2.weight */
+    k43_conv2d_grad_weight_down1_2_weight(t_s1, t_d_merged__up1_1, g->down1_2_weight, scratch); /* conv2d_grad_weight down1_2.weight -> d_down1_2.weight */
     k44_bias_grad_down1_2_bias(t_d_merged__up1_1, g->down1_2_bias); /* bias_grad down1_2.bias -> d_down1_2.bias */
-    k45_conv2d_grad_input_down1_2(t_d_merged__up1_1, p->down1_2_weight, t_d_s1__down1_2); /* conv2d_grad_input down1_2 -> d_s1__down1_2 */
+    k45_conv2d_grad_input_down1_2(t_d_merged__up1_1, p->down1_2_weight, t_d_s1__down1_2, scratch); /* conv2d_grad_input down1_2 -> d_s1__down1_2 */
     k46_relu_grad_s1_inplace(t_z1, t_d_s1__down1_2); /* relu_grad s1 -> d_z1__s1 (in place over d_s1__down1_2) */
-    k47_conv2d_grad_weight_down1_1_weight(t_d_s1__down1_2, x, g->down1_1_weight); /* conv2d_grad_weight down1_1.weight -> d_down1_1.weight */
+    k47_conv2d_grad_weight_down1_1_weight(x, t_d_s1__down1_2, g->down1_1_weight, scratch); /* conv2d_grad_weight down1_1.weight -> d_down1_1.weight */
     k48_bias_grad_down1_1_bias(t_d_s1__down1_2, g->down1_1_bias); /* bias_grad down1_1.bias -> d_down1_1.bias */
-    k49_conv2d_grad_input_down1_1(t_d_s1__down1_2, p->down1_1_weight, grad_x); /* conv2d_grad_input down1_1 -> d_x__down1_1 */
+    k49_conv2d_grad_input_down1_1(t_d_s1__down1_2, p->down1_1_weight, grad_x, scratch); /* conv2d_grad_input down1_1 -> d_x__down1_1 */
     return UNET2_SMALL_OK;
 }

@@ -22,7 +22,8 @@
 """Forward and backward of the U-Net-2 `unet2_small` through its generated C code (unet2_small.c).
 
 Importing this module compiles unet2_small.c (next to this file) with the system C compiler ($CC, or
-cc/gcc; flags $UNETC_CFLAGS, default "-O3 -march=native -ffp-contract=fast -std=c99 -fPIC -shared")
+cc/gcc; flags $UNETC_CFLAGS, default "-O3 -march=native -ffp-contract=fast -fopenmp -std=c99", falling
+back to "-O3 -std=c99" where the compiler lacks OpenMP or -march=native; -fPIC -shared always added)
 into a cache ($UNETC_CACHE_DIR, default ~/.cache/unetc) keyed by a hash of source, flags and
 compiler. Same API as the NumPy target: PARAM_SHAPES, init_params(seed=0), forward(params, x) -> y,
 backward(params, x, grad_output) -> (grads, grad_x). Arrays are (C, H, W), dtype float32.
@@ -79,8 +80,9 @@ _INIT_BOUND = {
     "out1x1.weight": 0.5,
     "out1x1.bias": 0.5,
 }
-WORKSPACE_BYTES = 34624
-DEFAULT_CFLAGS = "-O3 -march=native -ffp-contract=fast -std=c99 -fPIC -shared"
+WORKSPACE_BYTES = 44992
+DEFAULT_CFLAGS = "-O3 -march=native -ffp-contract=fast -fopenmp -std=c99"
+FALLBACK_CFLAGS = "-O3 -std=c99"  # when the compiler refuses the defaults (no OpenMP, no -march=native)
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _SOURCE = os.path.join(_HERE, "unet2_small.c")
 _HEADER = os.path.join(_HERE, "unet2_small.h")
@@ -139,8 +141,10 @@ def _build():
     """Path of the shared library, compiled unless the cache already has it. Safe when several
     processes import at once: each compiles to its own temporary name, then renames atomically."""
     cc = _compiler()
-    flags = shlex.split(os.environ.get("UNETC_CFLAGS") or DEFAULT_CFLAGS)
-    flags += [f for f in ("-fPIC", "-shared") if f not in flags]
+    wanted = os.environ.get("UNETC_CFLAGS")
+    candidates = [shlex.split(wanted)] if wanted else [shlex.split(DEFAULT_CFLAGS), shlex.split(FALLBACK_CFLAGS)]
+    for flags in candidates:
+        flags += [f for f in ("-fPIC", "-shared") if f not in flags]
     try:
         version = subprocess.run(cc + ["--version"], capture_output=True, text=True, timeout=120).stdout
     except OSError:
@@ -149,7 +153,7 @@ def _build():
         source = f.read()
     with open(_HEADER, "rb") as f:
         header = f.read()
-    key = hashlib.sha256(b"\0".join([source, header, "\0".join(cc + flags).encode(), version.encode(),
+    key = hashlib.sha256(b"\0".join([source, header, "\0".join(cc + candidates[0]).encode(), version.encode(),
                                      platform.machine().encode()])).hexdigest()
     cache = _cache_dir()
     lib = os.path.join(cache, f"unet2_small-{key[:32]}.so")
@@ -158,8 +162,11 @@ def _build():
     fd, tmp = tempfile.mkstemp(dir=cache, prefix=".unet2_small-", suffix=".so.tmp")
     os.close(fd)
     try:
-        proc = subprocess.run(cc + flags + ["-I", _HERE, "-o", tmp, _SOURCE], capture_output=True, text=True)
-        if proc.returncode != 0:
+        for flags in candidates:
+            proc = subprocess.run(cc + flags + ["-I", _HERE, "-o", tmp, _SOURCE], capture_output=True, text=True)
+            if proc.returncode == 0:
+                break
+        else:
             raise RuntimeError(f"unetc: compiling {_SOURCE} failed ({' '.join(cc + flags)}):\n{proc.stderr}")
         os.replace(tmp, lib)
     finally:

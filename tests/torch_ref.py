@@ -20,6 +20,14 @@ CONFIG_MATRIX = {
     "up_padding": Config(name="m_uppad", in_c=1, out_c=1, in_h=8, in_w=6, base_c=3,
                          up_kernel=4, up_stride=2, up_padding=1),
     "odd_channels_hw": Config(name="m_odd", in_c=5, out_c=3, in_h=10, in_w=6, base_c=5),
+    # wide and tall enough for every vector tile (32/16/8 lanes + scalar tail) and two row blocks
+    "wide_tall": Config(name="m_wide", in_c=2, out_c=2, in_h=68, in_w=56, base_c=9),
+    # the only valid geometries with strided convs are 1x1 inputs: they exercise the im2col paths
+    "stride2_1x1": Config(name="m_stride2", in_c=2, out_c=2, in_h=1, in_w=1, base_c=3, conv_stride=2,
+                          pool_kernel=1, pool_stride=1, up_kernel=1, up_stride=1),
+    "k1p1s3_1x1": Config(name="m_k1p1s3", in_c=1, out_c=1, in_h=1, in_w=1, base_c=2, conv_kernel=1,
+                         conv_padding=1, conv_stride=3, pool_kernel=1, pool_stride=1, up_kernel=3,
+                         up_stride=1, up_padding=1, head_kernel=3, head_stride=2, head_padding=1),
     "spec_pool": Config(name="m_specpool", in_c=2, out_c=2, in_h=8, in_w=6, base_c=3, maxpool_backward="spec"),
 }
 

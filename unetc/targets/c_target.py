@@ -25,51 +25,6 @@ def _ctype(sp: Specialized) -> str:
     return "float" if sp.config.dtype == "float32" else "double"
 
 
-def _ix(mult: int, off: int, v: str = "v") -> str:
-    """'mult*v + off' as short C text."""
-    base = v if mult == 1 else f"{mult} * {v}"
-    return base if off == 0 else f"{base} + {off}" if off > 0 else f"{base} - {-off}"
-
-
-def _group(items):
-    """[(v, key)] in v order -> [(lo, hi, key)] of maximal runs with equal key."""
-    runs = []
-    for v, key in items:
-        if runs and runs[-1][2] == key and runs[-1][1] == v:
-            runs[-1][1] = v + 1
-        else:
-            runs.append([v, v + 1, key])
-    return [tuple(r) for r in runs]
-
-
-def col_segments(n_out: int, n_in: int, k: int, s: int, p: int, transposed: bool) -> list[dict]:
-    """Inner-loop segments of a gather: out[oi(v)] += sum_kj w_kj * in[ii_kj(v)] over v in [lo, hi).
-    conv map: in = out*s - p + kj; transposed map: out = in*s - p + kj (one phase per out % s)."""
-    segs = []
-    if not transposed:
-        items = [(v, tuple(kj for kj in range(k) if 0 <= v * s - p + kj < n_in)) for v in range(n_out)]
-        for lo, hi, taps in _group(items):
-            if taps:
-                segs.append({"lo": lo, "hi": hi, "oi": _ix(1, 0),
-                             "terms": [(kj, _ix(s, kj - p)) for kj in taps]})
-        return segs
-    for phi in range(s):
-        m_n = len(range(phi, n_out, s))
-        cand = [(kj, (phi + p - kj) // s) for kj in range(k) if (phi + p - kj) % s == 0]
-        items = [(m, tuple(t for t in cand if 0 <= m + t[1] < n_in)) for m in range(m_n)]
-        for lo, hi, taps in _group(items):
-            if taps:
-                segs.append({"lo": lo, "hi": hi, "oi": _ix(s, phi),
-                             "terms": [(kj, _ix(1, d)) for kj, d in taps]})
-    return segs
-
-
-def _valid_range(n_a: int, n_b: int, s: int, off: int) -> tuple[int, int]:
-    """[lo, hi) of a-indices v with 0 <= v*s + off < n_b."""
-    vs = [v for v in range(n_a) if 0 <= v * s + off < n_b]
-    return (vs[0], vs[-1] + 1) if vs else (0, 0)
-
-
 # ---------------------------------------------------------------- workspace plan
 
 @dataclass
@@ -199,25 +154,100 @@ def _verify(ph: Phase, sp: Specialized, esize: int) -> None:
 
 # ---------------------------------------------------------------- per-op kernel contexts
 
-def _gather(o_n, i_n, out_hw, in_hw, k, s, p, so, si, transposed, bias):
-    return {"O": o_n, "OB": next(b for b in (4, 2, 1) if o_n % b == 0), "I": i_n, "R": out_hw[0], "C": out_hw[1], "H": in_hw[0], "W": in_hw[1],
-            "K": k, "S": s, "P": p, "so": so, "si": si, "transposed": transposed, "bias": bias,
-            "segs": col_segments(out_hw[1], in_hw[1], k, s, p, transposed),
-            "wused": sorted({kj for seg in col_segments(out_hw[1], in_hw[1], k, s, p, transposed)
-                             for kj, _ in seg["terms"]})}
+MR = 8  # output channels per register block of kernel_conv (templates/c_kernels.j2)
+CONV_KINDS = ("conv2d", "conv_transpose2d", "conv2d_grad_input", "conv_transpose2d_grad_input",
+              "conv2d_grad_weight", "conv_transpose2d_grad_weight")
 
 
-def _wgrad(o_n, i_n, a_hw, b_hw, k, s, p, so, si):
-    rows = [(ki, *_valid_range(a_hw[0], b_hw[0], s, ki - p)) for ki in range(k)]
-    cols = []
-    for kj in range(k):
-        lo, hi = _valid_range(a_hw[1], b_hw[1], s, kj - p)
-        if hi > lo:
-            cols.append({"kj": kj, "lo": lo, "n": hi - lo, "boff": lo * s + kj - p})
-    return {"O": o_n, "I": i_n, "Ra": a_hw[0], "Ca": a_hw[1], "Hb": b_hw[0], "Wb": b_hw[1],
-            "K": k, "S": s, "P": p, "so": so, "si": si,
-            "rows": [{"ki": ki, "lo": lo, "hi": hi, "rix": _ix(s, ki - p, "r")} for ki, lo, hi in rows if hi > lo],
-            "cols": cols}
+class _Scratch:
+    """Bump allocator for one op's temporaries in the scratch area (offsets in elements, aligned)."""
+
+    def __init__(self, esize: int):
+        self.esize, self.used = esize, 0
+
+    def __call__(self, n: int) -> str:
+        off = self.used
+        self.used += -(-n * self.esize // ALIGN) * ALIGN // self.esize
+        return f"scratch + {off}" if off else "scratch"
+
+
+def _packed(o: int, c: int, k: int) -> int:
+    return -(-o // MR) * MR * c * k * k
+
+
+def conv_steps(op, sp: Specialized, esize: int) -> tuple[list[str], int]:
+    """The kernel calls (C text) that compute one conv-like op, and the scratch elements they use.
+    Stride-1 convolutions and their input gradients run kernel_conv directly on the zero-padded
+    input; everything else goes through im2col / col2im around a 1x1 kernel_conv or kernel_wgrad."""
+    sh, fwd = sp.shapes, op.fwd if hasattr(op, "fwd") else op
+    k, s, p, kk = fwd.k, fwd.s, fwd.p, fwd.k * fwd.k
+    alloc, steps = _Scratch(esize), []
+    if op.kind == "conv2d":
+        (c, h, w), (o, ho, wo) = sh[op.inputs[0]], sh[op.output]
+        if s == 1:
+            src = "x"
+            if p:
+                src = alloc(c * (h + 2 * p) * (w + 2 * p))
+                steps.append(f"kernel_pad({c}, {h}, {w}, {p}, x, {src})")
+            wp = alloc(_packed(o, c, k))
+            steps += [f"kernel_pack({o}, {c}, {k}, w, 0, {c * kk}, {kk}, {k}, 1, {wp})",
+                      f"kernel_conv({c}, {o}, {ho}, {wo}, {k}, {src}, {wp}, b, out)"]
+        else:
+            cols, wp = alloc(c * kk * ho * wo), alloc(_packed(o, c * kk, 1))
+            steps += [f"kernel_im2col({c}, {h}, {w}, {k}, {s}, {p}, {ho}, {wo}, x, {cols})",
+                      f"kernel_pack({o}, {c * kk}, 1, w, 0, {c * kk}, 1, 0, 0, {wp})",
+                      f"kernel_conv({c * kk}, {o}, {ho}, {wo}, 1, {cols}, {wp}, b, out)"]
+    elif op.kind == "conv2d_grad_input":
+        (o, ho, wo), (c, h, w) = sh[op.inputs[0]], sh[op.output]
+        if s == 1 and p <= k - 1:  # a stride-1 correlation with the rotated, transposed weight
+            q, src = k - 1 - p, "dy"
+            if q:
+                src = alloc(o * (ho + 2 * q) * (wo + 2 * q))
+                steps.append(f"kernel_pad({o}, {ho}, {wo}, {q}, dy, {src})")
+            wp = alloc(_packed(c, o, k))
+            steps += [f"kernel_pack({c}, {o}, {k}, w, {(k - 1) * k + k - 1}, {kk}, {c * kk}, {-k}, -1, {wp})",
+                      f"kernel_conv({o}, {c}, {h}, {w}, {k}, {src}, {wp}, NULL, out)"]
+        else:
+            wp, cols = alloc(_packed(c * kk, o, 1)), alloc(c * kk * ho * wo)
+            steps += [f"kernel_pack({c * kk}, {o}, 1, w, 0, 1, {c * kk}, 0, 0, {wp})",
+                      f"kernel_conv({o}, {c * kk}, {ho}, {wo}, 1, dy, {wp}, NULL, {cols})",
+                      f"kernel_fill({c}, {h * w}, NULL, out)",
+                      f"kernel_col2im_add({c}, {h}, {w}, {k}, {s}, {p}, {ho}, {wo}, {cols}, out)"]
+    elif op.kind == "conv2d_grad_weight":
+        (c, h, w), (o, ho, wo) = sh[op.inputs[0]], sh[op.inputs[1]]
+        if s == 1:
+            src = "x"
+            if p:
+                src = alloc(c * (h + 2 * p) * (w + 2 * p))
+                steps.append(f"kernel_pad({c}, {h}, {w}, {p}, x, {src})")
+            steps.append(f"kernel_wgrad({c}, {o}, {ho}, {wo}, {k}, {src}, dy, out)")
+        else:
+            cols = alloc(c * kk * ho * wo)
+            steps += [f"kernel_im2col({c}, {h}, {w}, {k}, {s}, {p}, {ho}, {wo}, x, {cols})",
+                      f"kernel_wgrad({c * kk}, {o}, {ho}, {wo}, 1, {cols}, dy, out)"]
+    elif op.kind == "conv_transpose2d":
+        (ci, d, e), (co, u, v) = sh[op.inputs[0]], sh[op.output]
+        wp, cols = alloc(_packed(co * kk, ci, 1)), alloc(co * kk * d * e)
+        steps += [f"kernel_pack({co * kk}, {ci}, 1, w, 0, 1, {co * kk}, 0, 0, {wp})",
+                  f"kernel_conv({ci}, {co * kk}, {d}, {e}, 1, x, {wp}, NULL, {cols})",
+                  f"kernel_fill({co}, {u * v}, b, out)",
+                  f"kernel_col2im_add({co}, {u}, {v}, {k}, {s}, {p}, {d}, {e}, {cols}, out)"]
+    elif op.kind == "conv_transpose2d_grad_input":
+        (co, u, v), (ci, d, e) = sh[op.inputs[0]], sh[op.output]
+        cols, wp = alloc(co * kk * d * e), alloc(_packed(ci, co * kk, 1))
+        steps += [f"kernel_im2col({co}, {u}, {v}, {k}, {s}, {p}, {d}, {e}, dy, {cols})",
+                  f"kernel_pack({ci}, {co * kk}, 1, w, 0, {co * kk}, 1, 0, 0, {wp})",
+                  f"kernel_conv({co * kk}, {ci}, {d}, {e}, 1, {cols}, {wp}, NULL, out)"]
+    elif op.kind == "conv_transpose2d_grad_weight":
+        (ci, d, e), (co, u, v) = sh[op.inputs[0]], sh[op.inputs[1]]
+        cols = alloc(co * kk * d * e)
+        steps += [f"kernel_im2col({co}, {u}, {v}, {k}, {s}, {p}, {d}, {e}, dy, {cols})",
+                  f"kernel_wgrad({co * kk}, {ci}, {d}, {e}, 1, {cols}, x, out)"]
+    else:
+        raise AssertionError(op.kind)
+    if not alloc.used:
+        steps.insert(0, "(void)scratch")
+    return steps, alloc.used
 
 
 def kernel(op, sp: Specialized, fn: str, inplace: str | None) -> dict:
@@ -226,26 +256,9 @@ def kernel(op, sp: Specialized, fn: str, inplace: str | None) -> dict:
     ctx = {"kind": op.kind, "fn": fn, "name": op.name, "inplace": inplace is not None,
            "out_shape": sh[op.output], "in_shapes": [sh[t] for t in op.inputs], "n": _numel(sh[op.output])}
     fwd = getattr(op, "fwd", None) or op
-    k, s, p = getattr(fwd, "k", 0), getattr(fwd, "s", 0), getattr(fwd, "p", 0)
-    kk = k * k
-    if op.kind == "conv2d":
-        (co, ho, wo), (ci, h, w) = sh[op.output], sh[op.inputs[0]]
-        ctx["g"] = _gather(co, ci, (ho, wo), (h, w), k, s, p, ci * kk, kk, False, True)
-    elif op.kind == "conv_transpose2d":
-        (co, u, v), (ci, d, e) = sh[op.output], sh[op.inputs[0]]
-        ctx["g"] = _gather(co, ci, (u, v), (d, e), k, s, p, kk, co * kk, True, True)
-    elif op.kind == "conv2d_grad_input":
-        (ci, h, w), (co, ho, wo) = sh[op.output], sh[op.inputs[0]]
-        ctx["g"] = _gather(ci, co, (h, w), (ho, wo), k, s, p, kk, ci * kk, True, False)
-    elif op.kind == "conv_transpose2d_grad_input":
-        (ci, d, e), (co, u, v) = sh[op.output], sh[op.inputs[0]]
-        ctx["g"] = _gather(ci, co, (d, e), (u, v), k, s, p, co * kk, kk, False, False)
-    elif op.kind == "conv2d_grad_weight":
-        (ci, h, w), (co, ho, wo) = sh[op.inputs[0]], sh[op.inputs[1]]
-        ctx["g"] = _wgrad(co, ci, (ho, wo), (h, w), k, s, p, ci * kk, kk)
-    elif op.kind == "conv_transpose2d_grad_weight":
-        (ci, d, e), (co, u, v) = sh[op.inputs[0]], sh[op.inputs[1]]
-        ctx["g"] = _wgrad(ci, co, (d, e), (u, v), k, s, p, co * kk, kk)
+    k, s = getattr(fwd, "k", 0), getattr(fwd, "s", 0)
+    if op.kind in CONV_KINDS:
+        ctx["steps"], ctx["scratch"] = conv_steps(op, sp, 4 if _ctype(sp) == "float" else 8)
     elif op.kind in ("maxpool2d", "maxpool2d_grad"):
         c, h, w = sh[op.inputs[0]]
         _, ho, wo = sh[op.output] if op.kind == "maxpool2d" else sh[op.inputs[1]]
@@ -264,11 +277,11 @@ def _signature(op, inplace: str | None) -> list[tuple[str, bool]]:
     """(parameter name, written?) of an op's C function, in call order."""
     kind = op.kind
     if kind in ("conv2d", "conv_transpose2d"):
-        return [("in", False), ("w", False), ("b", False), ("out", True)]
+        return [("x", False), ("w", False), ("b", False), ("out", True), ("scratch", True)]
     if kind in ("conv2d_grad_input", "conv_transpose2d_grad_input"):
-        return [("dy", False), ("w", False), ("out", True)]
+        return [("dy", False), ("w", False), ("out", True), ("scratch", True)]
     if kind in ("conv2d_grad_weight", "conv_transpose2d_grad_weight"):
-        return [("a", False), ("bb", False), ("out", True)]
+        return [("x", False), ("dy", False), ("out", True), ("scratch", True)]
     if kind in ("relu", "maxpool2d", "bias_grad", "slice"):
         return [("in", False), ("out", True)]
     if kind in ("concat", "maxpool2d_grad"):
@@ -288,13 +301,11 @@ def _call_args(op, ph: Phase, tensor_ptr) -> list[str]:
     layer = (getattr(op, "fwd", None) or op).name
     kind = op.kind
     if kind in ("conv2d", "conv_transpose2d"):
-        return [ins[0], f"p->{var(layer)}_weight", f"p->{var(layer)}_bias", out]
+        return [ins[0], f"p->{var(layer)}_weight", f"p->{var(layer)}_bias", out, "scratch"]
     if kind in ("conv2d_grad_input", "conv_transpose2d_grad_input"):
-        return [ins[0], f"p->{var(layer)}_weight", out]
-    if kind == "conv2d_grad_weight":
-        return [ins[1], ins[0], out]  # a = dy (output grid), b = x
-    if kind == "conv_transpose2d_grad_weight":
-        return [ins[0], ins[1], out]  # a = x (input grid), b = dy
+        return [ins[0], f"p->{var(layer)}_weight", out, "scratch"]
+    if kind in ("conv2d_grad_weight", "conv_transpose2d_grad_weight"):
+        return ins + [out, "scratch"]  # (x, dy)
     if kind == "relu_grad" and i in ph.inplace:
         return ins
     if kind == "add" and i in ph.inplace:
@@ -342,10 +353,21 @@ def plans(sp: Specialized) -> tuple[Phase, Phase]:
     return fwd, bwd
 
 
+def layout(sp: Specialized) -> tuple[Phase, Phase, int, int]:
+    """(forward plan, backward plan, byte offset of the scratch area, workspace bytes). The tensors
+    of both plans come first; the conv kernels' temporaries share one scratch area after them.
+    The total includes ALIGN bytes of slack so that ``ws`` may have any alignment."""
+    esize = 4 if sp.config.dtype == "float32" else 8
+    fwd, bwd = plans(sp)
+    scratch_off = -(-max(fwd.peak, bwd.peak) // ALIGN) * ALIGN
+    scratch = max([conv_steps(op, sp, esize)[1] for op in sp.forward_ops + sp.backward_ops
+                   if op.kind in CONV_KINDS] + [0])
+    return fwd, bwd, scratch_off, scratch_off + scratch * esize + ALIGN
+
+
 def workspace_bytes(sp: Specialized) -> int:
     """Bytes the caller must pass as ``ws`` (includes ALIGN bytes of slack for any alignment)."""
-    fwd, bwd = plans(sp)
-    return max(fwd.peak, bwd.peak) + ALIGN
+    return layout(sp)[3]
 
 
 # ---------------------------------------------------------------- files
@@ -381,8 +403,7 @@ def files(sp: Specialized, testbench: bool = False) -> dict[str, str]:
     cfg = sp.config
     name = cfg.name
     T = _ctype(sp)
-    fwd, bwd = plans(sp)
-    ws = max(fwd.peak, bwd.peak) + ALIGN
+    fwd, bwd, scratch_off, ws = layout(sp)
 
     kernels: dict[str, dict] = {}
     order = {op.output: i for i, op in enumerate(sp.forward_ops + sp.backward_ops)}
@@ -404,7 +425,7 @@ def files(sp: Specialized, testbench: bool = False) -> dict[str, str]:
     pinfo = [(var(p), p, shape) for p, shape in sp.params.items()]
     common = dict(banner_c=banner(cfg, "//"), banner_py=banner(cfg, "#"), cfg=cfg, name=name,
                   NAME=name.upper(), T=T, params=sp.params, pnames=pnames, pinfo=pinfo, in_shape=sp.in_shape,
-                  out_shape=sp.out_shape, ws_bytes=ws, align=ALIGN)
+                  out_shape=sp.out_shape, ws_bytes=ws, align=ALIGN, scratch_off=scratch_off)
     out = {
         f"{name}.h": render("c_header.h.j2", **common),
         f"{name}.c": render("c_source.c.j2", kernels=kern_list, fwd=fctx, bwd=bctx, **common),

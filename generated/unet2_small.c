@@ -31,6 +31,7 @@
 #define MO 8  /* weight-gradient tile: output channels ... */
 #define NN 3  /* ... times (channel, ki, kj) entries */
 #define HB 32 /* weight-gradient rows per cache block */
+#define NO_BIAS ((const float *)0)
 #ifdef _OPENMP
 #define PARALLEL_FOR2 _Pragma("omp parallel for collapse(2) schedule(static)")
 #else
@@ -120,6 +121,7 @@ static void kernel_pack(int O, int C, int K, const float *restrict w, long base,
 #endif
 #define VL (VBYTES / (int)sizeof(float))
 typedef float vec __attribute__((vector_size(VBYTES)));
+#define UNETC_VEC 1
 
 static inline vec vload(const float *p)
 {
@@ -139,19 +141,19 @@ static inline vec vsplat(float s)
     return v + s;
 }
 
-/* y (O, H, W) = bias + stride-1 correlation of xpad (C, H+K-1, W+K-1) with packed weights wp:
-   MR output channels x NV*VL output pixels of one row are accumulated in registers. */
-#define CONV_TILE(NV)                                                                          \
+
+/* One tile of CONV_S1: MR output channels x NV*VL output pixels of row h, in registers. */
+#define CONV_TILE(NV, C, K, Hp, Wp, H, W, O, XPAD, Y)                                         \
     {                                                                                          \
         vec acc[MR][NV];                                                                       \
         for (int m = 0; m < MR; ++m)                                                           \
             for (int v = 0; v < NV; ++v)                                                       \
-                acc[m][v] = vsplat(b[m]);                                                      \
+                acc[m][v] = vsplat(bv[m]);                                                     \
         const float *restrict wq = wbase;                                                    \
-        for (int c = 0; c < C; ++c)                                                            \
-            for (int i = 0; i < K; ++i) {                                                      \
-                const float *restrict xr = xpad + ((size_t)c * Hp + h + i) * Wp + w0;        \
-                for (int j = 0; j < K; ++j, wq += MR) {                                        \
+        for (int c = 0; c < (C); ++c)                                                          \
+            for (int i = 0; i < (K); ++i) {                                                    \
+                const float *restrict xr = (XPAD) + ((size_t)c * (Hp) + h + i) * (Wp) + w0;  \
+                for (int j = 0; j < (K); ++j, wq += MR) {                                      \
                     vec xv[NV];                                                                \
                     for (int v = 0; v < NV; ++v)                                               \
                         xv[v] = vload(xr + j + v * VL);                                        \
@@ -160,136 +162,115 @@ static inline vec vsplat(float s)
                             acc[m][v] += wq[m] * xv[v];                                        \
                 }                                                                              \
             }                                                                                  \
-        for (int m = 0; m < MR && ob * MR + m < O; ++m)                                        \
+        for (int m = 0; m < MR && ob * MR + m < (O); ++m)                                      \
             for (int v = 0; v < NV; ++v)                                                       \
-                vstore(y + ((size_t)(ob * MR + m) * H + h) * W + w0 + v * VL, acc[m][v]);      \
+                vstore((Y) + ((size_t)(ob * MR + m) * (H) + h) * (W) + w0 + v * VL, acc[m][v]); \
+    }
+#else
+#define CONV_TILE(NV, C, K, Hp, Wp, H, W, O, XPAD, Y) {}
+#define VL 1
+#endif
+
+/* Y (O, H, W) = BIAS + stride-1 correlation of XPAD (C, H+K-1, W+K-1) with packed weights WP
+   (kernel_pack); BIAS may be 0. Every size argument is a literal at the call site, so the loop
+   nest is compiled for that layer's exact shape. */
+#define CONV_S1(C, O, H, W, K, XPAD, WP, BIAS, Y)                                             \
+    {                                                                                          \
+        PARALLEL_FOR2                                                                          \
+        for (int ob = 0; ob < ((O) + MR - 1) / MR; ++ob)                                       \
+            for (int h = 0; h < (H); ++h) {                                                    \
+                float bv[MR];                                                                \
+                for (int m = 0; m < MR; ++m)                                                   \
+                    bv[m] = ((BIAS) && ob * MR + m < (O)) ? (BIAS)[ob * MR + m] : 0;           \
+                const float *restrict wbase = (WP) + (size_t)ob * (C) * (K) * (K) * MR;       \
+                int w0 = 0;                                                                    \
+                for (; w0 + 2 * VL <= (W) && VL > 1; w0 += 2 * VL)                              \
+                    CONV_TILE(2, C, K, (H) + (K) - 1, (W) + (K) - 1, H, W, O, XPAD, Y)         \
+                for (; w0 + VL <= (W) && VL > 1; w0 += VL)                                      \
+                    CONV_TILE(1, C, K, (H) + (K) - 1, (W) + (K) - 1, H, W, O, XPAD, Y)         \
+                for (; w0 < (W); ++w0) {                                                       \
+                    float acc[MR];                                                           \
+                    for (int m = 0; m < MR; ++m)                                               \
+                        acc[m] = bv[m];                                                        \
+                    const float *restrict wq = wbase;                                        \
+                    for (int c = 0; c < (C); ++c)                                              \
+                        for (int i = 0; i < (K); ++i) {                                        \
+                            const float *restrict xr =                                       \
+                                (XPAD) + ((size_t)c * ((H) + (K) - 1) + h + i) * ((W) + (K) - 1) + w0; \
+                            for (int j = 0; j < (K); ++j, wq += MR)                            \
+                                for (int m = 0; m < MR; ++m)                                   \
+                                    acc[m] += wq[m] * xr[j];                                   \
+                        }                                                                      \
+                    for (int m = 0; m < MR && ob * MR + m < (O); ++m)                          \
+                        (Y)[((size_t)(ob * MR + m) * (H) + h) * (W) + w0] = acc[m];            \
+                }                                                                              \
+            }                                                                                  \
     }
 
-static void kernel_conv(int C, int O, int H, int W, int K, const float *restrict xpad,
-                        const float *restrict wp, const float *restrict bias, float *restrict y)
-{
-    const int Hp = H + K - 1, Wp = W + K - 1, OB = (O + MR - 1) / MR;
-    PARALLEL_FOR2
-    for (int ob = 0; ob < OB; ++ob)
-        for (int h = 0; h < H; ++h) {
-            float b[MR];
-            for (int m = 0; m < MR; ++m)
-                b[m] = (bias && ob * MR + m < O) ? bias[ob * MR + m] : 0;
-            const float *restrict wbase = wp + (size_t)ob * C * K * K * MR;
-            int w0 = 0;
-            for (; w0 + 2 * VL <= W; w0 += 2 * VL)
-                CONV_TILE(2)
-            for (; w0 + VL <= W; w0 += VL)
-                CONV_TILE(1)
-            for (; w0 < W; ++w0) {
-                float acc[MR];
-                for (int m = 0; m < MR; ++m)
-                    acc[m] = b[m];
-                const float *restrict wq = wbase;
-                for (int c = 0; c < C; ++c)
-                    for (int i = 0; i < K; ++i) {
-                        const float *restrict xr = xpad + ((size_t)c * Hp + h + i) * Wp + w0;
-                        for (int j = 0; j < K; ++j, wq += MR)
-                            for (int m = 0; m < MR; ++m)
-                                acc[m] += wq[m] * xr[j];
-                    }
-                for (int m = 0; m < MR && ob * MR + m < O; ++m)
-                    y[((size_t)(ob * MR + m) * H + h) * W + w0] = acc[m];
-            }
+#ifdef UNETC_VEC
+/* DW (O, C*K*K) = sum over (h, w) < (H, W) of DY[o][h][w] * XPAD[c][h + i][w + j], XPAD
+   (C, H+K-1, W+K-1): tiles of MO x NN dot products vectorised along w, blocked by HB rows.
+   Tail tiles recompute the last row / entry (clamped) and do not store it. */
+#define WGRAD_S1(C, O, H, W, K, XPAD, DY, DW)                                                 \
+    {                                                                                          \
+        memset((DW), 0, sizeof(float) * (size_t)(O) * (C) * (K) * (K));                      \
+        for (int h0 = 0; h0 < (H); h0 += HB) {                                                 \
+            PARALLEL_FOR2                                                                      \
+            for (int ot = 0; ot < ((O) + MO - 1) / MO; ++ot)                                   \
+                for (int nt = 0; nt < ((C) * (K) * (K) + NN - 1) / NN; ++nt) {                 \
+                    const float *drow[MO];                                                   \
+                    size_t xoff[NN];                                                           \
+                    for (int m = 0; m < MO; ++m)                                               \
+                        drow[m] = (DY) + (size_t)(ot * MO + m < (O) ? ot * MO + m : (O) - 1) * (H) * (W); \
+                    for (int t = 0; t < NN; ++t) {                                             \
+                        const int n = nt * NN + t < (C) * (K) * (K) ? nt * NN + t : (C) * (K) * (K) - 1; \
+                        xoff[t] = ((size_t)(n / ((K) * (K))) * ((H) + (K) - 1) + n / (K) % (K)) * ((W) + (K) - 1) + n % (K); \
+                    }                                                                          \
+                    vec acc[MO][NN];                                                           \
+                    for (int m = 0; m < MO; ++m)                                               \
+                        for (int t = 0; t < NN; ++t)                                           \
+                            acc[m][t] = vsplat(0);                                             \
+                    for (int h = h0; h < h0 + HB && h < (H); ++h) {                            \
+                        int w = 0;                                                             \
+                        for (; w + VL <= (W); w += VL) {                                       \
+                            vec d[MO];                                                         \
+                            for (int m = 0; m < MO; ++m)                                       \
+                                d[m] = vload(drow[m] + (size_t)h * (W) + w);                   \
+                            for (int t = 0; t < NN; ++t) {                                     \
+                                const vec xv = vload((XPAD) + xoff[t] + (size_t)h * ((W) + (K) - 1) + w); \
+                                for (int m = 0; m < MO; ++m)                                   \
+                                    acc[m][t] += d[m] * xv;                                    \
+                            }                                                                  \
+                        }                                                                      \
+                        for (; w < (W); ++w)                                                   \
+                            for (int t = 0; t < NN; ++t) {                                     \
+                                const float xs = (XPAD)[xoff[t] + (size_t)h * ((W) + (K) - 1) + w]; \
+                                for (int m = 0; m < MO; ++m)                                   \
+                                    acc[m][t][0] += drow[m][(size_t)h * (W) + w] * xs;         \
+                            }                                                                  \
+                    }                                                                          \
+                    for (int m = 0; m < MO && ot * MO + m < (O); ++m)                          \
+                        for (int t = 0; t < NN && nt * NN + t < (C) * (K) * (K); ++t) {        \
+                            float s = 0;                                                     \
+                            for (int l = 0; l < VL; ++l)                                       \
+                                s += acc[m][t][l];                                             \
+                            (DW)[(size_t)(ot * MO + m) * (C) * (K) * (K) + nt * NN + t] += s;  \
+                        }                                                                      \
+                }                                                                              \
+        }                                                                                      \
+    }
+#else
+#define WGRAD_S1(C, O, H, W, K, XPAD, DY, DW)                                                 \
+    for (int o = 0; o < (O); ++o)                                                              \
+        for (int n = 0; n < (C) * (K) * (K); ++n) {                                            \
+            const float *restrict xs =                                                       \
+                (XPAD) + ((size_t)(n / ((K) * (K))) * ((H) + (K) - 1) + n / (K) % (K)) * ((W) + (K) - 1) + n % (K); \
+            float s = 0;                                                                     \
+            for (int h = 0; h < (H); ++h)                                                      \
+                for (int w = 0; w < (W); ++w)                                                  \
+                    s += (DY)[((size_t)o * (H) + h) * (W) + w] * xs[(size_t)h * ((W) + (K) - 1) + w]; \
+            (DW)[(size_t)o * (C) * (K) * (K) + n] = s;                                         \
         }
-}
-
-/* dw (O, C*K*K) = sum over (h, w) < (H, W) of dy[o][h][w] * xpad[c][h + i][w + j], xpad
-   (C, H+K-1, W+K-1). Tiles of MO x NN dot products, vectorised along w, blocked by HB rows. */
-static void kernel_wgrad(int C, int O, int H, int W, int K, const float *restrict xpad,
-                         const float *restrict dy, float *restrict dw)
-{
-    const int Hp = H + K - 1, Wp = W + K - 1, N = C * K * K;
-    const int OT = (O + MO - 1) / MO, NT = (N + NN - 1) / NN;
-    memset(dw, 0, sizeof(float) * (size_t)O * N);
-    for (int h0 = 0; h0 < H; h0 += HB) {
-        const int h1 = h0 + HB < H ? h0 + HB : H;
-        PARALLEL_FOR2
-        for (int ot = 0; ot < OT; ++ot)
-            for (int nt = 0; nt < NT; ++nt) {
-                const float *drow[MO];
-                size_t xoff[NN];
-                for (int m = 0; m < MO; ++m) {
-                    const int o = ot * MO + m < O ? ot * MO + m : O - 1; /* tail: recompute, not stored */
-                    drow[m] = dy + (size_t)o * H * W;
-                }
-                for (int t = 0; t < NN; ++t) {
-                    const int n = nt * NN + t < N ? nt * NN + t : N - 1;
-                    xoff[t] = ((size_t)(n / (K * K)) * Hp + n / K % K) * Wp + n % K;
-                }
-                vec acc[MO][NN];
-                for (int m = 0; m < MO; ++m)
-                    for (int t = 0; t < NN; ++t)
-                        acc[m][t] = vsplat(0);
-                for (int h = h0; h < h1; ++h) {
-                    int w = 0;
-                    for (; w + VL <= W; w += VL) {
-                        vec d[MO];
-                        for (int m = 0; m < MO; ++m)
-                            d[m] = vload(drow[m] + (size_t)h * W + w);
-                        for (int t = 0; t < NN; ++t) {
-                            const vec xv = vload(xpad + xoff[t] + (size_t)h * Wp + w);
-                            for (int m = 0; m < MO; ++m)
-                                acc[m][t] += d[m] * xv;
-                        }
-                    }
-                    for (; w < W; ++w)
-                        for (int t = 0; t < NN; ++t) {
-                            const float xs = xpad[xoff[t] + (size_t)h * Wp + w];
-                            for (int m = 0; m < MO; ++m)
-                                acc[m][t][0] += drow[m][(size_t)h * W + w] * xs;
-                        }
-                }
-                for (int m = 0; m < MO && ot * MO + m < O; ++m)
-                    for (int t = 0; t < NN && nt * NN + t < N; ++t) {
-                        float s = 0;
-                        for (int l = 0; l < VL; ++l)
-                            s += acc[m][t][l];
-                        dw[(size_t)(ot * MO + m) * N + nt * NN + t] += s;
-                    }
-            }
-    }
-}
-#else /* portable C99: the same contracts, plain loops */
-static void kernel_conv(int C, int O, int H, int W, int K, const float *restrict xpad,
-                        const float *restrict wp, const float *restrict bias, float *restrict y)
-{
-    const int Hp = H + K - 1, Wp = W + K - 1;
-    for (int o = 0; o < O; ++o) {
-        float *restrict yo = y + (size_t)o * H * W;
-        const float *restrict wo = wp + (size_t)(o / MR) * C * K * K * MR + o % MR;
-        for (int i = 0; i < H * W; ++i)
-            yo[i] = bias ? bias[o] : 0;
-        for (int c = 0; c < C; ++c)
-            for (int i = 0; i < K; ++i)
-                for (int j = 0; j < K; ++j) {
-                    const float wv = wo[(((size_t)c * K + i) * K + j) * MR];
-                    for (int h = 0; h < H; ++h)
-                        for (int w = 0; w < W; ++w)
-                            yo[h * W + w] += wv * xpad[((size_t)c * Hp + h + i) * Wp + w + j];
-                }
-    }
-}
-
-static void kernel_wgrad(int C, int O, int H, int W, int K, const float *restrict xpad,
-                         const float *restrict dy, float *restrict dw)
-{
-    const int Hp = H + K - 1, Wp = W + K - 1, N = C * K * K;
-    for (int o = 0; o < O; ++o)
-        for (int n = 0; n < N; ++n) {
-            const float *restrict x = xpad + ((size_t)(n / (K * K)) * Hp + n / K % K) * Wp + n % K;
-            float s = 0;
-            for (int h = 0; h < H; ++h)
-                for (int w = 0; w < W; ++w)
-                    s += dy[((size_t)o * H + h) * W + w] * x[(size_t)h * Wp + w];
-            dw[(size_t)o * N + n] = s;
-        }
-}
 #endif
 
 static inline float unet2_small_sum(const float *restrict a, int n)
@@ -309,7 +290,7 @@ static void k00_conv2d_down1_1(const float *restrict x, const float *restrict w,
 {
     kernel_pad(1, 16, 12, 1, x, scratch);
     kernel_pack(4, 1, 3, w, 0, 9, 9, 3, 1, scratch + 256);
-    kernel_conv(1, 4, 16, 12, 3, scratch, scratch + 256, b, out);
+    CONV_S1(1, 4, 16, 12, 3, scratch, scratch + 256, b, out);
 }
 
 
@@ -326,7 +307,7 @@ static void k02_conv2d_down1_2(const float *restrict x, const float *restrict w,
 {
     kernel_pad(4, 16, 12, 1, x, scratch);
     kernel_pack(4, 4, 3, w, 0, 36, 9, 3, 1, scratch + 1008);
-    kernel_conv(4, 4, 16, 12, 3, scratch, scratch + 1008, b, out);
+    CONV_S1(4, 4, 16, 12, 3, scratch, scratch + 1008, b, out);
 }
 
 
@@ -362,7 +343,7 @@ static void k05_conv2d_down2_1(const float *restrict x, const float *restrict w,
 {
     kernel_pad(4, 8, 6, 1, x, scratch);
     kernel_pack(8, 4, 3, w, 0, 36, 9, 3, 1, scratch + 320);
-    kernel_conv(4, 8, 8, 6, 3, scratch, scratch + 320, b, out);
+    CONV_S1(4, 8, 8, 6, 3, scratch, scratch + 320, b, out);
 }
 
 
@@ -379,7 +360,7 @@ static void k07_conv2d_down2_2(const float *restrict x, const float *restrict w,
 {
     kernel_pad(8, 8, 6, 1, x, scratch);
     kernel_pack(8, 8, 3, w, 0, 72, 9, 3, 1, scratch + 640);
-    kernel_conv(8, 8, 8, 6, 3, scratch, scratch + 640, b, out);
+    CONV_S1(8, 8, 8, 6, 3, scratch, scratch + 640, b, out);
 }
 
 
@@ -395,7 +376,7 @@ static void k08_relu_bottleneck(const float *restrict in, float *restrict out)
 static void k09_conv_transpose2d_upT(const float *restrict x, const float *restrict w, const float *restrict b, float *restrict out, float *restrict scratch)
 {
     kernel_pack(16, 8, 1, w, 0, 1, 16, 0, 0, scratch);
-    kernel_conv(8, 16, 8, 6, 1, x, scratch, NULL, scratch + 128);
+    CONV_S1(8, 16, 8, 6, 1, x, scratch, NO_BIAS, scratch + 128);
     kernel_fill(4, 192, b, out);
     kernel_col2im_add(4, 16, 12, 2, 2, 0, 8, 6, scratch + 128, out);
 }
@@ -406,7 +387,7 @@ static void k11_conv2d_up1_1(const float *restrict x, const float *restrict w, c
 {
     kernel_pad(8, 16, 12, 1, x, scratch);
     kernel_pack(4, 8, 3, w, 0, 72, 9, 3, 1, scratch + 2016);
-    kernel_conv(8, 4, 16, 12, 3, scratch, scratch + 2016, b, out);
+    CONV_S1(8, 4, 16, 12, 3, scratch, scratch + 2016, b, out);
 }
 
 
@@ -423,7 +404,7 @@ static void k13_conv2d_up1_2(const float *restrict x, const float *restrict w, c
 {
     kernel_pad(4, 16, 12, 1, x, scratch);
     kernel_pack(4, 4, 3, w, 0, 36, 9, 3, 1, scratch + 1008);
-    kernel_conv(4, 4, 16, 12, 3, scratch, scratch + 1008, b, out);
+    CONV_S1(4, 4, 16, 12, 3, scratch, scratch + 1008, b, out);
 }
 
 
@@ -439,7 +420,7 @@ static void k14_relu_u2(const float *restrict in, float *restrict out)
 static void k15_conv2d_out1x1(const float *restrict x, const float *restrict w, const float *restrict b, float *restrict out, float *restrict scratch)
 {
     kernel_pack(2, 4, 1, w, 0, 4, 1, 1, 1, scratch);
-    kernel_conv(4, 2, 16, 12, 1, x, scratch, b, out);
+    CONV_S1(4, 2, 16, 12, 1, x, scratch, b, out);
 }
 
 
@@ -447,7 +428,7 @@ static void k15_conv2d_out1x1(const float *restrict x, const float *restrict w, 
 static void k16_conv2d_grad_weight_out1x1_weight(const float *restrict x, const float *restrict dy, float *restrict out, float *restrict scratch)
 {
     (void)scratch;
-    kernel_wgrad(4, 2, 16, 12, 1, x, dy, out);
+    WGRAD_S1(4, 2, 16, 12, 1, x, dy, out);
 }
 
 
@@ -463,7 +444,7 @@ static void k17_bias_grad_out1x1_bias(const float *restrict in, float *restrict 
 static void k18_conv2d_grad_input_out1x1(const float *restrict dy, const float *restrict w, float *restrict out, float *restrict scratch)
 {
     kernel_pack(4, 2, 1, w, 0, 1, 4, -1, -1, scratch);
-    kernel_conv(2, 4, 16, 12, 1, dy, scratch, NULL, out);
+    CONV_S1(2, 4, 16, 12, 1, dy, scratch, NO_BIAS, out);
 }
 
 
@@ -479,7 +460,7 @@ static void k19_relu_grad_u2_inplace(const float *restrict z, float *restrict d)
 static void k20_conv2d_grad_weight_up1_2_weight(const float *restrict x, const float *restrict dy, float *restrict out, float *restrict scratch)
 {
     kernel_pad(4, 16, 12, 1, x, scratch);
-    kernel_wgrad(4, 4, 16, 12, 3, scratch, dy, out);
+    WGRAD_S1(4, 4, 16, 12, 3, scratch, dy, out);
 }
 
 
@@ -496,7 +477,7 @@ static void k22_conv2d_grad_input_up1_2(const float *restrict dy, const float *r
 {
     kernel_pad(4, 16, 12, 1, dy, scratch);
     kernel_pack(4, 4, 3, w, 8, 9, 36, -3, -1, scratch + 1008);
-    kernel_conv(4, 4, 16, 12, 3, scratch, scratch + 1008, NULL, out);
+    CONV_S1(4, 4, 16, 12, 3, scratch, scratch + 1008, NO_BIAS, out);
 }
 
 
@@ -512,7 +493,7 @@ static void k23_relu_grad_u1_inplace(const float *restrict z, float *restrict d)
 static void k24_conv2d_grad_weight_up1_1_weight(const float *restrict x, const float *restrict dy, float *restrict out, float *restrict scratch)
 {
     kernel_pad(8, 16, 12, 1, x, scratch);
-    kernel_wgrad(8, 4, 16, 12, 3, scratch, dy, out);
+    WGRAD_S1(8, 4, 16, 12, 3, scratch, dy, out);
 }
 
 
@@ -529,7 +510,7 @@ static void k26_conv2d_grad_input_up1_1(const float *restrict dy, const float *r
 {
     kernel_pad(4, 16, 12, 1, dy, scratch);
     kernel_pack(8, 4, 3, w, 8, 9, 72, -3, -1, scratch + 1008);
-    kernel_conv(4, 8, 16, 12, 3, scratch, scratch + 1008, NULL, out);
+    CONV_S1(4, 8, 16, 12, 3, scratch, scratch + 1008, NO_BIAS, out);
 }
 
 
@@ -537,7 +518,7 @@ static void k26_conv2d_grad_input_up1_1(const float *restrict dy, const float *r
 static void k29_conv_transpose2d_grad_weight_upT_weight(const float *restrict x, const float *restrict dy, float *restrict out, float *restrict scratch)
 {
     kernel_im2col(4, 16, 12, 2, 2, 0, 8, 6, dy, scratch);
-    kernel_wgrad(16, 8, 8, 6, 1, scratch, x, out);
+    WGRAD_S1(16, 8, 8, 6, 1, scratch, x, out);
 }
 
 
@@ -554,7 +535,7 @@ static void k31_conv_transpose2d_grad_input_upT(const float *restrict dy, const 
 {
     kernel_im2col(4, 16, 12, 2, 2, 0, 8, 6, dy, scratch);
     kernel_pack(8, 16, 1, w, 0, 16, 1, 0, 0, scratch + 768);
-    kernel_conv(16, 8, 8, 6, 1, scratch, scratch + 768, NULL, out);
+    CONV_S1(16, 8, 8, 6, 1, scratch, scratch + 768, NO_BIAS, out);
 }
 
 
@@ -570,7 +551,7 @@ static void k32_relu_grad_bottleneck_inplace(const float *restrict z, float *res
 static void k33_conv2d_grad_weight_down2_2_weight(const float *restrict x, const float *restrict dy, float *restrict out, float *restrict scratch)
 {
     kernel_pad(8, 8, 6, 1, x, scratch);
-    kernel_wgrad(8, 8, 8, 6, 3, scratch, dy, out);
+    WGRAD_S1(8, 8, 8, 6, 3, scratch, dy, out);
 }
 
 
@@ -587,7 +568,7 @@ static void k35_conv2d_grad_input_down2_2(const float *restrict dy, const float 
 {
     kernel_pad(8, 8, 6, 1, dy, scratch);
     kernel_pack(8, 8, 3, w, 8, 9, 72, -3, -1, scratch + 640);
-    kernel_conv(8, 8, 8, 6, 3, scratch, scratch + 640, NULL, out);
+    CONV_S1(8, 8, 8, 6, 3, scratch, scratch + 640, NO_BIAS, out);
 }
 
 
@@ -603,7 +584,7 @@ static void k36_relu_grad_b1_inplace(const float *restrict z, float *restrict d)
 static void k37_conv2d_grad_weight_down2_1_weight(const float *restrict x, const float *restrict dy, float *restrict out, float *restrict scratch)
 {
     kernel_pad(4, 8, 6, 1, x, scratch);
-    kernel_wgrad(4, 8, 8, 6, 3, scratch, dy, out);
+    WGRAD_S1(4, 8, 8, 6, 3, scratch, dy, out);
 }
 
 
@@ -620,7 +601,7 @@ static void k39_conv2d_grad_input_down2_1(const float *restrict dy, const float 
 {
     kernel_pad(8, 8, 6, 1, dy, scratch);
     kernel_pack(4, 8, 3, w, 8, 9, 36, -3, -1, scratch + 640);
-    kernel_conv(8, 4, 8, 6, 3, scratch, scratch + 640, NULL, out);
+    CONV_S1(8, 4, 8, 6, 3, scratch, scratch + 640, NO_BIAS, out);
 }
 
 
@@ -669,7 +650,7 @@ static void k42_relu_grad_skip1_inplace(const float *restrict z, float *restrict
 static void k43_conv2d_grad_weight_down1_2_weight(const float *restrict x, const float *restrict dy, float *restrict out, float *restrict scratch)
 {
     kernel_pad(4, 16, 12, 1, x, scratch);
-    kernel_wgrad(4, 4, 16, 12, 3, scratch, dy, out);
+    WGRAD_S1(4, 4, 16, 12, 3, scratch, dy, out);
 }
 
 
@@ -686,7 +667,7 @@ static void k45_conv2d_grad_input_down1_2(const float *restrict dy, const float 
 {
     kernel_pad(4, 16, 12, 1, dy, scratch);
     kernel_pack(4, 4, 3, w, 8, 9, 36, -3, -1, scratch + 1008);
-    kernel_conv(4, 4, 16, 12, 3, scratch, scratch + 1008, NULL, out);
+    CONV_S1(4, 4, 16, 12, 3, scratch, scratch + 1008, NO_BIAS, out);
 }
 
 
@@ -702,7 +683,7 @@ static void k46_relu_grad_s1_inplace(const float *restrict z, float *restrict d)
 static void k47_conv2d_grad_weight_down1_1_weight(const float *restrict x, const float *restrict dy, float *restrict out, float *restrict scratch)
 {
     kernel_pad(1, 16, 12, 1, x, scratch);
-    kernel_wgrad(1, 4, 16, 12, 3, scratch, dy, out);
+    WGRAD_S1(1, 4, 16, 12, 3, scratch, dy, out);
 }
 
 
@@ -719,7 +700,7 @@ static void k49_conv2d_grad_input_down1_1(const float *restrict dy, const float 
 {
     kernel_pad(4, 16, 12, 1, dy, scratch);
     kernel_pack(1, 4, 3, w, 8, 9, 9, -3, -1, scratch + 1008);
-    kernel_conv(4, 1, 16, 12, 3, scratch, scratch + 1008, NULL, out);
+    CONV_S1(4, 1, 16, 12, 3, scratch, scratch + 1008, NO_BIAS, out);
 }
 
 

@@ -154,7 +154,7 @@ def _verify(ph: Phase, sp: Specialized, esize: int) -> None:
 
 # ---------------------------------------------------------------- per-op kernel contexts
 
-MR = 8  # output channels per register block of kernel_conv (templates/c_kernels.j2)
+MR = 8  # output channels per register block of CONV_S1 (templates/c_kernels.j2)
 CONV_KINDS = ("conv2d", "conv_transpose2d", "conv2d_grad_input", "conv_transpose2d_grad_input",
               "conv2d_grad_weight", "conv_transpose2d_grad_weight")
 
@@ -177,8 +177,8 @@ def _packed(o: int, c: int, k: int) -> int:
 
 def conv_steps(op, sp: Specialized, esize: int) -> tuple[list[str], int]:
     """The kernel calls (C text) that compute one conv-like op, and the scratch elements they use.
-    Stride-1 convolutions and their input gradients run kernel_conv directly on the zero-padded
-    input; everything else goes through im2col / col2im around a 1x1 kernel_conv or kernel_wgrad."""
+    Stride-1 convolutions and their input gradients run CONV_S1 directly on the zero-padded
+    input; everything else goes through im2col / col2im around a 1x1 CONV_S1 or WGRAD_S1."""
     sh, fwd = sp.shapes, op.fwd if hasattr(op, "fwd") else op
     k, s, p, kk = fwd.k, fwd.s, fwd.p, fwd.k * fwd.k
     alloc, steps = _Scratch(esize), []
@@ -191,12 +191,12 @@ def conv_steps(op, sp: Specialized, esize: int) -> tuple[list[str], int]:
                 steps.append(f"kernel_pad({c}, {h}, {w}, {p}, x, {src})")
             wp = alloc(_packed(o, c, k))
             steps += [f"kernel_pack({o}, {c}, {k}, w, 0, {c * kk}, {kk}, {k}, 1, {wp})",
-                      f"kernel_conv({c}, {o}, {ho}, {wo}, {k}, {src}, {wp}, b, out)"]
+                      f"CONV_S1({c}, {o}, {ho}, {wo}, {k}, {src}, {wp}, b, out)"]
         else:
             cols, wp = alloc(c * kk * ho * wo), alloc(_packed(o, c * kk, 1))
             steps += [f"kernel_im2col({c}, {h}, {w}, {k}, {s}, {p}, {ho}, {wo}, x, {cols})",
                       f"kernel_pack({o}, {c * kk}, 1, w, 0, {c * kk}, 1, 0, 0, {wp})",
-                      f"kernel_conv({c * kk}, {o}, {ho}, {wo}, 1, {cols}, {wp}, b, out)"]
+                      f"CONV_S1({c * kk}, {o}, {ho}, {wo}, 1, {cols}, {wp}, b, out)"]
     elif op.kind == "conv2d_grad_input":
         (o, ho, wo), (c, h, w) = sh[op.inputs[0]], sh[op.output]
         if s == 1 and p <= k - 1:  # a stride-1 correlation with the rotated, transposed weight
@@ -206,12 +206,12 @@ def conv_steps(op, sp: Specialized, esize: int) -> tuple[list[str], int]:
                 steps.append(f"kernel_pad({o}, {ho}, {wo}, {q}, dy, {src})")
             wp = alloc(_packed(c, o, k))
             steps += [f"kernel_pack({c}, {o}, {k}, w, {(k - 1) * k + k - 1}, {kk}, {c * kk}, {-k}, -1, {wp})",
-                      f"kernel_conv({o}, {c}, {h}, {w}, {k}, {src}, {wp}, NULL, out)"]
+                      f"CONV_S1({o}, {c}, {h}, {w}, {k}, {src}, {wp}, NO_BIAS, out)"]
         else:
             wp, cols = alloc(_packed(c * kk, o, 1)), alloc(c * kk * ho * wo)
             steps += [f"kernel_pack({c * kk}, {o}, 1, w, 0, 1, {c * kk}, 0, 0, {wp})",
-                      f"kernel_conv({o}, {c * kk}, {ho}, {wo}, 1, dy, {wp}, NULL, {cols})",
-                      f"kernel_fill({c}, {h * w}, NULL, out)",
+                      f"CONV_S1({o}, {c * kk}, {ho}, {wo}, 1, dy, {wp}, NO_BIAS, {cols})",
+                      f"kernel_fill({c}, {h * w}, NO_BIAS, out)",
                       f"kernel_col2im_add({c}, {h}, {w}, {k}, {s}, {p}, {ho}, {wo}, {cols}, out)"]
     elif op.kind == "conv2d_grad_weight":
         (c, h, w), (o, ho, wo) = sh[op.inputs[0]], sh[op.inputs[1]]
@@ -220,16 +220,16 @@ def conv_steps(op, sp: Specialized, esize: int) -> tuple[list[str], int]:
             if p:
                 src = alloc(c * (h + 2 * p) * (w + 2 * p))
                 steps.append(f"kernel_pad({c}, {h}, {w}, {p}, x, {src})")
-            steps.append(f"kernel_wgrad({c}, {o}, {ho}, {wo}, {k}, {src}, dy, out)")
+            steps.append(f"WGRAD_S1({c}, {o}, {ho}, {wo}, {k}, {src}, dy, out)")
         else:
             cols = alloc(c * kk * ho * wo)
             steps += [f"kernel_im2col({c}, {h}, {w}, {k}, {s}, {p}, {ho}, {wo}, x, {cols})",
-                      f"kernel_wgrad({c * kk}, {o}, {ho}, {wo}, 1, {cols}, dy, out)"]
+                      f"WGRAD_S1({c * kk}, {o}, {ho}, {wo}, 1, {cols}, dy, out)"]
     elif op.kind == "conv_transpose2d":
         (ci, d, e), (co, u, v) = sh[op.inputs[0]], sh[op.output]
         wp, cols = alloc(_packed(co * kk, ci, 1)), alloc(co * kk * d * e)
         steps += [f"kernel_pack({co * kk}, {ci}, 1, w, 0, 1, {co * kk}, 0, 0, {wp})",
-                  f"kernel_conv({ci}, {co * kk}, {d}, {e}, 1, x, {wp}, NULL, {cols})",
+                  f"CONV_S1({ci}, {co * kk}, {d}, {e}, 1, x, {wp}, NO_BIAS, {cols})",
                   f"kernel_fill({co}, {u * v}, b, out)",
                   f"kernel_col2im_add({co}, {u}, {v}, {k}, {s}, {p}, {d}, {e}, {cols}, out)"]
     elif op.kind == "conv_transpose2d_grad_input":
@@ -237,12 +237,12 @@ def conv_steps(op, sp: Specialized, esize: int) -> tuple[list[str], int]:
         cols, wp = alloc(co * kk * d * e), alloc(_packed(ci, co * kk, 1))
         steps += [f"kernel_im2col({co}, {u}, {v}, {k}, {s}, {p}, {d}, {e}, dy, {cols})",
                   f"kernel_pack({ci}, {co * kk}, 1, w, 0, {co * kk}, 1, 0, 0, {wp})",
-                  f"kernel_conv({co * kk}, {ci}, {d}, {e}, 1, {cols}, {wp}, NULL, out)"]
+                  f"CONV_S1({co * kk}, {ci}, {d}, {e}, 1, {cols}, {wp}, NO_BIAS, out)"]
     elif op.kind == "conv_transpose2d_grad_weight":
         (ci, d, e), (co, u, v) = sh[op.inputs[0]], sh[op.inputs[1]]
         cols = alloc(co * kk * d * e)
         steps += [f"kernel_im2col({co}, {u}, {v}, {k}, {s}, {p}, {d}, {e}, dy, {cols})",
-                  f"kernel_wgrad({co * kk}, {ci}, {d}, {e}, 1, {cols}, x, out)"]
+                  f"WGRAD_S1({co * kk}, {ci}, {d}, {e}, 1, {cols}, x, out)"]
     else:
         raise AssertionError(op.kind)
     if not alloc.used:

@@ -80,13 +80,6 @@ _INIT_BOUND = {
     "out1x1.weight": 0.5,
     "out1x1.bias": 0.5,
 }
-WORKSPACE_BYTES = 44992
-DEFAULT_CFLAGS = "-O3 -march=native -ffp-contract=fast -fopenmp -std=c99"
-FALLBACK_CFLAGS = "-O3 -std=c99"  # when the compiler refuses the defaults (no OpenMP, no -march=native)
-_HERE = os.path.dirname(os.path.abspath(__file__))
-_SOURCE = os.path.join(_HERE, "unet2_small.c")
-_HEADER = os.path.join(_HERE, "unet2_small.h")
-_ERRORS = {1: "a NULL pointer was passed"}
 
 
 def init_params(seed=0):
@@ -116,6 +109,15 @@ def _check_params(params):
         raise ValueError(f"params: unexpected key {extra[0]!r}")
     for name, shape in PARAM_SHAPES.items():
         _check_array(f"params[{name!r}]", params[name], shape)
+
+
+WORKSPACE_BYTES = 44992
+DEFAULT_CFLAGS = "-O3 -march=native -ffp-contract=fast -fopenmp -std=c99"
+FALLBACK_CFLAGS = "-O3 -std=c99"  # when the compiler refuses the defaults (no OpenMP, no -march=native)
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_SOURCE = os.path.join(_HERE, "unet2_small.c")
+_HEADER = os.path.join(_HERE, "unet2_small.h")
+_ERRORS = {1: "a NULL pointer was passed"}
 
 
 # ---- building and loading the shared library ----

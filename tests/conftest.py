@@ -60,6 +60,26 @@ def random_geometry(rng: random.Random) -> dict:
     return c
 
 
+def assert_api_errors(mod, params, x) -> None:
+    """The generated API's ValueErrors (same for every target), on CONFIG_MATRIX['default']."""
+    import numpy as np
+
+    with pytest.raises(ValueError, match=r"x: expected shape \(3, 8, 8\), got \(3, 8, 9\)"):
+        mod.forward(params, np.zeros((3, 8, 9), np.float32))
+    with pytest.raises(ValueError, match="x: expected dtype float32, got float64"):
+        mod.forward(params, x.astype(np.float64))
+    with pytest.raises(ValueError, match="x: expected a numpy.ndarray, got list"):
+        mod.forward(params, x.tolist())
+    with pytest.raises(ValueError, match="params: missing key 'upT.bias'"):
+        mod.forward({k: v for k, v in params.items() if k != "upT.bias"}, x)
+    with pytest.raises(ValueError, match="params: unexpected key 'extra'"):
+        mod.forward({**params, "extra": x}, x)
+    with pytest.raises(ValueError, match=r"params\['down1_1.weight'\]: expected shape"):
+        mod.forward({**params, "down1_1.weight": np.zeros((4, 3, 3), np.float32)}, x)
+    with pytest.raises(ValueError, match=r"grad_output: expected shape \(2, 8, 8\)"):
+        mod.backward(params, x, np.zeros((2, 8), np.float32))
+
+
 @pytest.fixture
 def tmp_config(tmp_path):
     def write(text: str, name: str = "cfg.yaml") -> Path:

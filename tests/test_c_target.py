@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from conftest import EXAMPLES, ROOT
+from conftest import EXAMPLES, ROOT, assert_api_errors
 from torch_ref import CONFIG_MATRIX, random_inputs, rel_err, torch_reference
 from unetc.config import Config, load
 from unetc.emitter import emit
@@ -178,20 +178,7 @@ def test_testbench_detects_a_wrong_kernel(tmp_path):
 def test_loader_api_errors_and_noncontiguous(c_modules):
     mod = c_modules[0][("default", "float32")]
     params, x, gy = random_inputs(mod)
-    with pytest.raises(ValueError, match=r"x: expected shape \(3, 8, 8\), got \(3, 8, 9\)"):
-        mod.forward(params, np.zeros((3, 8, 9), np.float32))
-    with pytest.raises(ValueError, match="x: expected dtype float32, got float64"):
-        mod.forward(params, x.astype(np.float64))
-    with pytest.raises(ValueError, match="x: expected a numpy.ndarray, got list"):
-        mod.forward(params, x.tolist())
-    with pytest.raises(ValueError, match="params: missing key 'upT.bias'"):
-        mod.forward({k: v for k, v in params.items() if k != "upT.bias"}, x)
-    with pytest.raises(ValueError, match="params: unexpected key 'extra'"):
-        mod.forward({**params, "extra": x}, x)
-    with pytest.raises(ValueError, match=r"params\['down1_1.weight'\]: expected shape"):
-        mod.forward({**params, "down1_1.weight": np.zeros((4, 3, 3), np.float32)}, x)
-    with pytest.raises(ValueError, match=r"grad_output: expected shape \(2, 8, 8\)"):
-        mod.backward(params, x, np.zeros((2, 8), np.float32))
+    assert_api_errors(mod, params, x)
     # non-contiguous inputs give the same results as contiguous ones
     xf = np.asfortranarray(x)
     pf = {k: np.asfortranarray(v) for k, v in params.items()}

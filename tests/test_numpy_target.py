@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import EXAMPLES, ROOT
+from conftest import EXAMPLES, ROOT, assert_api_errors
 from torch_ref import CONFIG_MATRIX, random_inputs, rel_err, spec_select, torch_reference
 from unetc.config import Config, load
 from unetc.emitter import emit
@@ -132,20 +132,7 @@ def test_pytorch_rule_takes_first_max_on_ties(tmp_path):
 def test_api_errors(tmp_path):
     mod = emitted(CONFIG_MATRIX["default"], tmp_path)
     params, x, gy = random_inputs(mod)
-    with pytest.raises(ValueError, match=r"x: expected shape \(3, 8, 8\), got \(3, 8, 9\)"):
-        mod.forward(params, np.zeros((3, 8, 9), np.float32))
-    with pytest.raises(ValueError, match="x: expected dtype float32, got float64"):
-        mod.forward(params, x.astype(np.float64))
-    with pytest.raises(ValueError, match="x: expected a numpy.ndarray, got list"):
-        mod.forward(params, x.tolist())
-    with pytest.raises(ValueError, match="params: missing key 'upT.bias'"):
-        mod.forward({k: v for k, v in params.items() if k != "upT.bias"}, x)
-    with pytest.raises(ValueError, match="params: unexpected key 'extra'"):
-        mod.forward({**params, "extra": x}, x)
-    with pytest.raises(ValueError, match=r"params\['down1_1.weight'\]: expected shape"):
-        mod.forward({**params, "down1_1.weight": np.zeros((4, 3, 3), np.float32)}, x)
-    with pytest.raises(ValueError, match=r"grad_output: expected shape \(2, 8, 8\)"):
-        mod.backward(params, x, np.zeros((2, 8), np.float32))
+    assert_api_errors(mod, params, x)
 
 
 def test_init_params_matches_pytorch_distribution(tmp_path):
@@ -191,3 +178,14 @@ def test_cli_emit_errors_are_one_line(tmp_path):
     p = subprocess.run([sys.executable, "-m", "unetc", "emit", str(EXAMPLES / "odd_255.yaml"),
                         "--target", "numpy", "-o", str(tmp_path)], capture_output=True, text=True)
     assert p.returncode == 2 and "h_upH" in p.stderr and list(tmp_path.iterdir()) == []
+
+
+def test_torch_module_state_dict_is_param_shapes(tmp_path):
+    """unetc.torch_interop.torch_module: state_dict keys and layouts are PARAM_SHAPES."""
+    from unetc.torch_interop import torch_module
+
+    cfg = CONFIG_MATRIX["up_padding"]
+    mod = emitted(cfg, tmp_path)
+    m = torch_module(cfg)
+    assert {k: tuple(v.shape) for k, v in m.state_dict().items()} == mod.PARAM_SHAPES
+    assert list(m.state_dict()) == list(mod.PARAM_SHAPES)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from unetc.config import Config
+from unetc.torch_interop import torch_module
 
 # default-like + the non-default geometries every target must match PyTorch on
 CONFIG_MATRIX = {
@@ -30,40 +31,6 @@ CONFIG_MATRIX = {
                          up_stride=1, up_padding=1, head_kernel=3, head_stride=2, head_padding=1),
     "spec_pool": Config(name="m_specpool", in_c=2, out_c=2, in_h=8, in_w=6, base_c=3, maxpool_backward="spec"),
 }
-
-
-def torch_module(cfg: Config):
-    """An nn.Module with the spec's layers and state_dict names (float64)."""
-    import torch
-    from torch import nn
-
-    b = cfg.base_c
-    conv = dict(kernel_size=cfg.conv_kernel, stride=cfg.conv_stride, padding=cfg.conv_padding)
-
-    class UNet2(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.down1_1 = nn.Conv2d(cfg.in_c, b, **conv)
-            self.down1_2 = nn.Conv2d(b, b, **conv)
-            self.down2_1 = nn.Conv2d(b, 2 * b, **conv)
-            self.down2_2 = nn.Conv2d(2 * b, 2 * b, **conv)
-            self.upT = nn.ConvTranspose2d(2 * b, b, cfg.up_kernel, cfg.up_stride, cfg.up_padding)
-            self.up1_1 = nn.Conv2d(2 * b, b, **conv)
-            self.up1_2 = nn.Conv2d(b, b, **conv)
-            self.out1x1 = nn.Conv2d(b, cfg.out_c, cfg.head_kernel, cfg.head_stride, cfg.head_padding)
-
-        def forward(self, x):
-            r = torch.relu
-            skip1 = r(self.down1_2(r(self.down1_1(x))))
-            if cfg.maxpool_backward == "spec":
-                pooled = spec_pool(skip1, cfg.pool_kernel, cfg.pool_stride)
-            else:
-                pooled = nn.functional.max_pool2d(skip1, cfg.pool_kernel, cfg.pool_stride)
-            bottleneck = r(self.down2_2(r(self.down2_1(pooled))))
-            merged = torch.cat([skip1, self.upT(bottleneck)], dim=1)
-            return self.out1x1(r(self.up1_2(r(self.up1_1(merged)))))
-
-    return UNet2().double()
 
 
 def spec_select(window: np.ndarray) -> tuple[int, int]:
@@ -110,7 +77,8 @@ def torch_reference(cfg: Config, params: dict, x: np.ndarray, grad_y: np.ndarray
     ``maxpool_backward: spec`` uses :func:`spec_pool` (the spec's routing, transcribed)."""
     import torch
 
-    m = torch_module(cfg)
+    pool = (lambda t: spec_pool(t, cfg.pool_kernel, cfg.pool_stride)) if cfg.maxpool_backward == "spec" else None
+    m = torch_module(cfg, pool).double()
     m.load_state_dict({k: torch.tensor(np.asarray(v, dtype=np.float64)) for k, v in params.items()})
     xt = torch.tensor(np.asarray(x, dtype=np.float64)[None], requires_grad=True)
     y = m(xt)

@@ -170,4 +170,9 @@ def check(cfg: Config) -> Report:
             constraints.append(Constraint(eq.name, eq.layer, eq.axis, status, lhs, rhs, s, msg))
     report = Report(cfg, constraints, axis_sets, [], concrete)
     report.layers = _layers(cfg)
+    if report.ok and not cfg.symbolic:
+        from .specialize import specialize
+        from .targets.c_target import workspace_bytes
+
+        report.workspace_bytes = workspace_bytes(specialize(cfg, report))
     return report

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .backward import Backward, derive
-from .checker import check
+from .checker import Report, check
 from .config import Config
 from .errors import EmitError
 from .graph import Graph, build
@@ -41,12 +41,13 @@ class Specialized:
         return self.shapes["y"]
 
 
-def specialize(cfg: Config) -> Specialized:
-    """Concrete config -> Specialized; EmitError if sizes are symbolic or a hypothesis fails."""
+def specialize(cfg: Config, report: Report | None = None) -> Specialized:
+    """Concrete config -> Specialized; EmitError if sizes are symbolic or a hypothesis fails.
+    ``report`` is the config's check report when the caller already has it."""
     if cfg.symbolic:
         raise EmitError(f"in_h/in_w are symbolic ({cfg.in_h} x {cfg.in_w}); bind them with --size HxW "
                         f"or set integers in the config")
-    report = check(cfg)
+    report = report or check(cfg)
     if not report.ok:
         bad = next((c for c in report.constraints if c.status != "holds"), None)
         raise EmitError(f"cannot emit for this size: {bad.message if bad else 'shape check failed'}")

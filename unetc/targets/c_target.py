@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from ..emitter import banner, render
 from ..specialize import Specialized, var
+from .numpy_target import init_bounds
 
 ALIGN = 64
 FWD_KINDS = ("conv2d", "conv_transpose2d", "maxpool2d", "relu", "concat")
@@ -429,7 +430,7 @@ def files(sp: Specialized, testbench: bool = False) -> dict[str, str]:
     out = {
         f"{name}.h": render("c_header.h.j2", **common),
         f"{name}.c": render("c_source.c.j2", kernels=kern_list, fwd=fctx, bwd=bctx, **common),
-        f"{name}_c.py": render("c_loader.py.j2", **common, bounds=_bounds(sp)),
+        f"{name}_c.py": render("c_loader.py.j2", **common, bounds=init_bounds(sp)),
     }
     if testbench:
         d = _testbench_data(sp)
@@ -440,10 +441,3 @@ def files(sp: Specialized, testbench: bool = False) -> dict[str, str]:
             "c_main.c.j2", **common, tol="1e-10" if T == "double" else "1e-4",
             arrays=[{"name": n, "n": a.size, "text": _array_text(a, T)} for n, a in arrays])
     return out
-
-
-def _bounds(sp: Specialized) -> dict[str, str]:
-    from .numpy_target import init_bound
-
-    weights = {p: s for p, s in sp.params.items() if p.endswith(".weight")}
-    return {p: repr(init_bound(weights[p.rsplit(".", 1)[0] + ".weight"])) for p in sp.params}

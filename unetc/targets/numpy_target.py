@@ -14,10 +14,14 @@ def init_bound(shape: tuple[int, ...]) -> float:
     return 1.0 / math.sqrt(shape[1] * shape[2] * shape[3])
 
 
+def init_bounds(sp: Specialized) -> dict[str, str]:
+    """Parameter name -> its init bound as Python source text (same for weight and bias)."""
+    return {p: repr(init_bound(sp.params[p.rsplit(".", 1)[0] + ".weight"])) for p in sp.params}
+
+
 def files(sp: Specialized, testbench: bool = False) -> dict[str, str]:
     cfg = sp.config
-    weights = {p: s for p, s in sp.params.items() if p.endswith(".weight")}
-    bounds = {p: repr(init_bound(weights[p.rsplit(".", 1)[0] + ".weight"])) for p in sp.params}
+    bounds = init_bounds(sp)
     saved = [t for t in sp.backward.saved() if t != "x"]
     text = render("numpy.py.j2", banner=banner(cfg, "#"), cfg=cfg, params=sp.params, bounds=bounds,
                   in_shape=sp.in_shape, out_shape=sp.out_shape,

@@ -148,33 +148,9 @@ def flops(cfg: Config) -> tuple[int, int]:
 
 def torch_unet(cfg: Config):
     """The network of SPEC.md as torch.nn layers (parameter names match the generated code)."""
-    import torch
-    from torch import nn
+    from unetc.torch_interop import torch_module
 
-    b = cfg.base_c
-    conv = dict(kernel_size=cfg.conv_kernel, stride=cfg.conv_stride, padding=cfg.conv_padding)
-
-    class UNet2(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.down1_1 = nn.Conv2d(cfg.in_c, b, **conv)
-            self.down1_2 = nn.Conv2d(b, b, **conv)
-            self.pool = nn.MaxPool2d(cfg.pool_kernel, cfg.pool_stride)
-            self.down2_1 = nn.Conv2d(b, 2 * b, **conv)
-            self.down2_2 = nn.Conv2d(2 * b, 2 * b, **conv)
-            self.upT = nn.ConvTranspose2d(2 * b, b, cfg.up_kernel, cfg.up_stride, cfg.up_padding)
-            self.up1_1 = nn.Conv2d(2 * b, b, **conv)
-            self.up1_2 = nn.Conv2d(b, b, **conv)
-            self.out1x1 = nn.Conv2d(b, cfg.out_c, cfg.head_kernel, cfg.head_stride, cfg.head_padding)
-
-        def forward(self, x):
-            r = torch.relu
-            skip1 = r(self.down1_2(r(self.down1_1(x))))
-            bottleneck = r(self.down2_2(r(self.down2_1(self.pool(skip1)))))
-            merged = torch.cat([skip1, self.upT(bottleneck)], dim=1)
-            return self.out1x1(r(self.up1_2(r(self.up1_1(merged)))))
-
-    return UNet2().to(getattr(torch, cfg.dtype))
+    return torch_module(cfg)
 
 
 class TorchRunner:

@@ -295,10 +295,10 @@ static void k00_conv2d_down1_1(const float *restrict x, const float *restrict w,
 
 
 /* relu s1: z1 -> s1 */
-static void k01_relu_s1(const float *restrict in, float *restrict out)
+static void k01_relu_s1_inplace(float *restrict io)
 {
     for (int i = 0; i < 768; ++i)
-        out[i] = in[i] > 0 ? in[i] : 0;
+        io[i] = io[i] < 0 ? 0 : io[i];
 }
 
 
@@ -312,10 +312,10 @@ static void k02_conv2d_down1_2(const float *restrict x, const float *restrict w,
 
 
 /* relu skip1: z2 -> skip1 */
-static void k03_relu_skip1(const float *restrict in, float *restrict out)
+static void k03_relu_skip1_inplace(float *restrict io)
 {
     for (int i = 0; i < 768; ++i)
-        out[i] = in[i] > 0 ? in[i] : 0;
+        io[i] = io[i] < 0 ? 0 : io[i];
 }
 
 
@@ -348,10 +348,10 @@ static void k05_conv2d_down2_1(const float *restrict x, const float *restrict w,
 
 
 /* relu b1: z3 -> b1 */
-static void k06_relu_b1(const float *restrict in, float *restrict out)
+static void k06_relu_b1_inplace(float *restrict io)
 {
     for (int i = 0; i < 384; ++i)
-        out[i] = in[i] > 0 ? in[i] : 0;
+        io[i] = io[i] < 0 ? 0 : io[i];
 }
 
 
@@ -365,10 +365,10 @@ static void k07_conv2d_down2_2(const float *restrict x, const float *restrict w,
 
 
 /* relu bottleneck: z4 -> bottleneck */
-static void k08_relu_bottleneck(const float *restrict in, float *restrict out)
+static void k08_relu_bottleneck_inplace(float *restrict io)
 {
     for (int i = 0; i < 384; ++i)
-        out[i] = in[i] > 0 ? in[i] : 0;
+        io[i] = io[i] < 0 ? 0 : io[i];
 }
 
 
@@ -392,10 +392,10 @@ static void k11_conv2d_up1_1(const float *restrict x, const float *restrict w, c
 
 
 /* relu u1: z5 -> u1 */
-static void k12_relu_u1(const float *restrict in, float *restrict out)
+static void k12_relu_u1_inplace(float *restrict io)
 {
     for (int i = 0; i < 768; ++i)
-        out[i] = in[i] > 0 ? in[i] : 0;
+        io[i] = io[i] < 0 ? 0 : io[i];
 }
 
 
@@ -409,10 +409,10 @@ static void k13_conv2d_up1_2(const float *restrict x, const float *restrict w, c
 
 
 /* relu u2: z6 -> u2 */
-static void k14_relu_u2(const float *restrict in, float *restrict out)
+static void k14_relu_u2_inplace(float *restrict io)
 {
     for (int i = 0; i < 768; ++i)
-        out[i] = in[i] > 0 ? in[i] : 0;
+        io[i] = io[i] < 0 ? 0 : io[i];
 }
 
 
@@ -448,11 +448,11 @@ static void k18_conv2d_grad_input_out1x1(const float *restrict dy, const float *
 }
 
 
-/* relu_grad u2: z6 , d_u2__out1x1 -> d_z6__u2 */
-static void k19_relu_grad_u2_inplace(const float *restrict z, float *restrict d)
+/* relu_grad u2: u2 , d_u2__out1x1 -> d_z6__u2 */
+static void k19_relu_grad_u2_inplace(const float *restrict s, float *restrict d)
 {
     for (int i = 0; i < 768; ++i)
-        d[i] = z[i] > 0 ? d[i] : 0;
+        d[i] = s[i] > 0 ? d[i] : 0;
 }
 
 
@@ -481,11 +481,11 @@ static void k22_conv2d_grad_input_up1_2(const float *restrict dy, const float *r
 }
 
 
-/* relu_grad u1: z5 , d_u1__up1_2 -> d_z5__u1 */
-static void k23_relu_grad_u1_inplace(const float *restrict z, float *restrict d)
+/* relu_grad u1: u1 , d_u1__up1_2 -> d_z5__u1 */
+static void k23_relu_grad_u1_inplace(const float *restrict s, float *restrict d)
 {
     for (int i = 0; i < 768; ++i)
-        d[i] = z[i] > 0 ? d[i] : 0;
+        d[i] = s[i] > 0 ? d[i] : 0;
 }
 
 
@@ -539,11 +539,11 @@ static void k31_conv_transpose2d_grad_input_upT(const float *restrict dy, const 
 }
 
 
-/* relu_grad bottleneck: z4 , d_bottleneck__upT -> d_z4__bottleneck */
-static void k32_relu_grad_bottleneck_inplace(const float *restrict z, float *restrict d)
+/* relu_grad bottleneck: bottleneck , d_bottleneck__upT -> d_z4__bottleneck */
+static void k32_relu_grad_bottleneck_inplace(const float *restrict s, float *restrict d)
 {
     for (int i = 0; i < 384; ++i)
-        d[i] = z[i] > 0 ? d[i] : 0;
+        d[i] = s[i] > 0 ? d[i] : 0;
 }
 
 
@@ -572,11 +572,11 @@ static void k35_conv2d_grad_input_down2_2(const float *restrict dy, const float 
 }
 
 
-/* relu_grad b1: z3 , d_b1__down2_2 -> d_z3__b1 */
-static void k36_relu_grad_b1_inplace(const float *restrict z, float *restrict d)
+/* relu_grad b1: b1 , d_b1__down2_2 -> d_z3__b1 */
+static void k36_relu_grad_b1_inplace(const float *restrict s, float *restrict d)
 {
     for (int i = 0; i < 384; ++i)
-        d[i] = z[i] > 0 ? d[i] : 0;
+        d[i] = s[i] > 0 ? d[i] : 0;
 }
 
 
@@ -638,11 +638,11 @@ static void k41_add_d_skip1_inplace(float *restrict acc, const float *restrict o
 }
 
 
-/* relu_grad skip1: z2 , d_skip1 -> d_z2__skip1 */
-static void k42_relu_grad_skip1_inplace(const float *restrict z, float *restrict d)
+/* relu_grad skip1: skip1 , d_skip1 -> d_z2__skip1 */
+static void k42_relu_grad_skip1_inplace(const float *restrict s, float *restrict d)
 {
     for (int i = 0; i < 768; ++i)
-        d[i] = z[i] > 0 ? d[i] : 0;
+        d[i] = s[i] > 0 ? d[i] : 0;
 }
 
 
@@ -671,11 +671,11 @@ static void k45_conv2d_grad_input_down1_2(const float *restrict dy, const float 
 }
 
 
-/* relu_grad s1: z1 , d_s1__down1_2 -> d_z1__s1 */
-static void k46_relu_grad_s1_inplace(const float *restrict z, float *restrict d)
+/* relu_grad s1: s1 , d_s1__down1_2 -> d_z1__s1 */
+static void k46_relu_grad_s1_inplace(const float *restrict s, float *restrict d)
 {
     for (int i = 0; i < 768; ++i)
-        d[i] = z[i] > 0 ? d[i] : 0;
+        d[i] = s[i] > 0 ? d[i] : 0;
 }
 
 
@@ -752,34 +752,28 @@ int unet2_small_forward(const unet2_small_params *p, const float *x, float *y, v
         return UNET2_SMALL_ERR_NULL;
     unsigned char *base = unet2_small_align(ws);
     /* workspace plan: 10752 bytes, then the conv kernels' scratch area */
-    float *const scratch = (float *)(void *)(base + 34560);
+    float *const scratch = (float *)(void *)(base + 25344);
     float *const t_pooled = (float *)(void *)(base + 0); /* pooled (4, 8, 6), 768 B */
-    float *const t_z1 = (float *)(void *)(base + 0); /* z1 (4, 16, 12), 3072 B */
-    float *const t_z2 = (float *)(void *)(base + 0); /* z2 (4, 16, 12), 3072 B */
-    float *const t_z4 = (float *)(void *)(base + 0); /* z4 (8, 8, 6), 1536 B */
-    float *const t_z5 = (float *)(void *)(base + 0); /* z5 (4, 16, 12), 3072 B */
-    float *const t_z6 = (float *)(void *)(base + 0); /* z6 (4, 16, 12), 3072 B */
-    float *const t_z3 = (float *)(void *)(base + 768); /* z3 (8, 8, 6), 1536 B */
-    float *const t_bottleneck = (float *)(void *)(base + 1536); /* bottleneck (8, 8, 6), 1536 B */
+    float *const t_s1 = (float *)(void *)(base + 0); /* s1 (4, 16, 12), 3072 B */
+    float *const t_u1 = (float *)(void *)(base + 0); /* u1 (4, 16, 12), 3072 B */
+    float *const t_b1 = (float *)(void *)(base + 768); /* b1 (8, 8, 6), 1536 B */
     float *const t_merged = (float *)(void *)(base + 3072); /* merged (8, 16, 12), 6144 B */
-    float *const t_s1 = (float *)(void *)(base + 3072); /* s1 (4, 16, 12), 3072 B */
-    float *const t_u1 = (float *)(void *)(base + 3072); /* u1 (4, 16, 12), 3072 B */
     float *const t_u2 = (float *)(void *)(base + 3072); /* u2 (4, 16, 12), 3072 B */
-    float *const t_b1 = (float *)(void *)(base + 9216); /* b1 (8, 8, 6), 1536 B */
-    k00_conv2d_down1_1(x, p->down1_1_weight, p->down1_1_bias, t_z1, scratch); /* conv2d down1_1 -> z1 */
-    k01_relu_s1(t_z1, t_s1); /* relu s1 -> s1 */
-    k02_conv2d_down1_2(t_s1, p->down1_2_weight, p->down1_2_bias, t_z2, scratch); /* conv2d down1_2 -> z2 */
-    k03_relu_skip1(t_z2, t_merged); /* relu skip1 -> skip1 */
+    float *const t_bottleneck = (float *)(void *)(base + 9216); /* bottleneck (8, 8, 6), 1536 B */
+    k00_conv2d_down1_1(x, p->down1_1_weight, p->down1_1_bias, t_s1, scratch); /* conv2d down1_1 -> z1 */
+    k01_relu_s1_inplace(t_s1); /* relu s1 -> s1 (in place over z1) */
+    k02_conv2d_down1_2(t_s1, p->down1_2_weight, p->down1_2_bias, t_merged, scratch); /* conv2d down1_2 -> z2 */
+    k03_relu_skip1_inplace(t_merged); /* relu skip1 -> skip1 (in place over z2) */
     k04_maxpool2d_pool(t_merged, t_pooled); /* maxpool2d pool -> pooled */
-    k05_conv2d_down2_1(t_pooled, p->down2_1_weight, p->down2_1_bias, t_z3, scratch); /* conv2d down2_1 -> z3 */
-    k06_relu_b1(t_z3, t_b1); /* relu b1 -> b1 */
-    k07_conv2d_down2_2(t_b1, p->down2_2_weight, p->down2_2_bias, t_z4, scratch); /* conv2d down2_2 -> z4 */
-    k08_relu_bottleneck(t_z4, t_bottleneck); /* relu bottleneck -> bottleneck */
+    k05_conv2d_down2_1(t_pooled, p->down2_1_weight, p->down2_1_bias, t_b1, scratch); /* conv2d down2_1 -> z3 */
+    k06_relu_b1_inplace(t_b1); /* relu b1 -> b1 (in place over z3) */
+    k07_conv2d_down2_2(t_b1, p->down2_2_weight, p->down2_2_bias, t_bottleneck, scratch); /* conv2d down2_2 -> z4 */
+    k08_relu_bottleneck_inplace(t_bottleneck); /* relu bottleneck -> bottleneck (in place over z4) */
     k09_conv_transpose2d_upT(t_bottleneck, p->upT_weight, p->upT_bias, t_merged + 768, scratch); /* conv_transpose2d upT -> up */
-    k11_conv2d_up1_1(t_merged, p->up1_1_weight, p->up1_1_bias, t_z5, scratch); /* conv2d up1_1 -> z5 */
-    k12_relu_u1(t_z5, t_u1); /* relu u1 -> u1 */
-    k13_conv2d_up1_2(t_u1, p->up1_2_weight, p->up1_2_bias, t_z6, scratch); /* conv2d up1_2 -> z6 */
-    k14_relu_u2(t_z6, t_u2); /* relu u2 -> u2 */
+    k11_conv2d_up1_1(t_merged, p->up1_1_weight, p->up1_1_bias, t_u1, scratch); /* conv2d up1_1 -> z5 */
+    k12_relu_u1_inplace(t_u1); /* relu u1 -> u1 (in place over z5) */
+    k13_conv2d_up1_2(t_u1, p->up1_2_weight, p->up1_2_bias, t_u2, scratch); /* conv2d up1_2 -> z6 */
+    k14_relu_u2_inplace(t_u2); /* relu u2 -> u2 (in place over z6) */
     k15_conv2d_out1x1(t_u2, p->out1x1_weight, p->out1x1_bias, y, scratch); /* conv2d out1x1 -> y */
     return UNET2_SMALL_OK;
 }
@@ -822,72 +816,66 @@ int unet2_small_backward(const unet2_small_params *p, const float *x, const floa
     if (!p->out1x1_bias || !g->out1x1_bias)
         return UNET2_SMALL_ERR_NULL;
     unsigned char *base = unet2_small_align(ws);
-    /* workspace plan: 34560 bytes, then the conv kernels' scratch area */
-    float *const scratch = (float *)(void *)(base + 34560);
-    float *const t_z1 = (float *)(void *)(base + 0); /* z1 (4, 16, 12), 3072 B */
+    /* workspace plan: 25344 bytes, then the conv kernels' scratch area */
+    float *const scratch = (float *)(void *)(base + 25344);
+    float *const t_s1 = (float *)(void *)(base + 0); /* s1 (4, 16, 12), 3072 B */
     float *const t_d_s1__down1_2 = (float *)(void *)(base + 3072); /* d_s1__down1_2 (4, 16, 12), 3072 B */
-    float *const t_s1 = (float *)(void *)(base + 3072); /* s1 (4, 16, 12), 3072 B */
-    float *const t_z2 = (float *)(void *)(base + 6144); /* z2 (4, 16, 12), 3072 B */
-    float *const t_merged = (float *)(void *)(base + 9216); /* merged (8, 16, 12), 6144 B */
-    float *const t_d_pooled__down2_1 = (float *)(void *)(base + 15360); /* d_pooled__down2_1 (4, 8, 6), 768 B */
-    float *const t_pooled = (float *)(void *)(base + 15360); /* pooled (4, 8, 6), 768 B */
-    float *const t_d_skip1__pool = (float *)(void *)(base + 16128); /* d_skip1__pool (4, 16, 12), 3072 B */
-    float *const t_z3 = (float *)(void *)(base + 16128); /* z3 (8, 8, 6), 1536 B */
-    float *const t_b1 = (float *)(void *)(base + 17664); /* b1 (8, 8, 6), 1536 B */
-    float *const t_d_b1__down2_2 = (float *)(void *)(base + 17664); /* d_b1__down2_2 (8, 8, 6), 1536 B */
-    float *const t_z4 = (float *)(void *)(base + 19200); /* z4 (8, 8, 6), 1536 B */
-    float *const t_bottleneck = (float *)(void *)(base + 20736); /* bottleneck (8, 8, 6), 1536 B */
-    float *const t_d_bottleneck__upT = (float *)(void *)(base + 20736); /* d_bottleneck__upT (8, 8, 6), 1536 B */
-    float *const t_z5 = (float *)(void *)(base + 22272); /* z5 (4, 16, 12), 3072 B */
-    float *const t_d_u1__up1_2 = (float *)(void *)(base + 25344); /* d_u1__up1_2 (4, 16, 12), 3072 B */
-    float *const t_u1 = (float *)(void *)(base + 25344); /* u1 (4, 16, 12), 3072 B */
-    float *const t_d_merged__up1_1 = (float *)(void *)(base + 28416); /* d_merged__up1_1 (8, 16, 12), 6144 B */
-    float *const t_z6 = (float *)(void *)(base + 28416); /* z6 (4, 16, 12), 3072 B */
-    float *const t_d_u2__out1x1 = (float *)(void *)(base + 31488); /* d_u2__out1x1 (4, 16, 12), 3072 B */
-    float *const t_u2 = (float *)(void *)(base + 31488); /* u2 (4, 16, 12), 3072 B */
-    k00_conv2d_down1_1(x, p->down1_1_weight, p->down1_1_bias, t_z1, scratch); /* conv2d down1_1 -> z1 */
-    k01_relu_s1(t_z1, t_s1); /* relu s1 -> s1 */
-    k02_conv2d_down1_2(t_s1, p->down1_2_weight, p->down1_2_bias, t_z2, scratch); /* conv2d down1_2 -> z2 */
-    k03_relu_skip1(t_z2, t_merged); /* relu skip1 -> skip1 */
+    float *const t_merged = (float *)(void *)(base + 3072); /* merged (8, 16, 12), 6144 B */
+    float *const t_d_pooled__down2_1 = (float *)(void *)(base + 9216); /* d_pooled__down2_1 (4, 8, 6), 768 B */
+    float *const t_pooled = (float *)(void *)(base + 9216); /* pooled (4, 8, 6), 768 B */
+    float *const t_b1 = (float *)(void *)(base + 9984); /* b1 (8, 8, 6), 1536 B */
+    float *const t_d_skip1__pool = (float *)(void *)(base + 9984); /* d_skip1__pool (4, 16, 12), 3072 B */
+    float *const t_bottleneck = (float *)(void *)(base + 11520); /* bottleneck (8, 8, 6), 1536 B */
+    float *const t_d_b1__down2_2 = (float *)(void *)(base + 11520); /* d_b1__down2_2 (8, 8, 6), 1536 B */
+    float *const t_d_bottleneck__upT = (float *)(void *)(base + 13056); /* d_bottleneck__upT (8, 8, 6), 1536 B */
+    float *const t_u1 = (float *)(void *)(base + 13056); /* u1 (4, 16, 12), 3072 B */
+    float *const t_d_u1__up1_2 = (float *)(void *)(base + 16128); /* d_u1__up1_2 (4, 16, 12), 3072 B */
+    float *const t_u2 = (float *)(void *)(base + 16128); /* u2 (4, 16, 12), 3072 B */
+    float *const t_d_merged__up1_1 = (float *)(void *)(base + 19200); /* d_merged__up1_1 (8, 16, 12), 6144 B */
+    float *const t_d_u2__out1x1 = (float *)(void *)(base + 19200); /* d_u2__out1x1 (4, 16, 12), 3072 B */
+    k00_conv2d_down1_1(x, p->down1_1_weight, p->down1_1_bias, t_s1, scratch); /* conv2d down1_1 -> z1 */
+    k01_relu_s1_inplace(t_s1); /* relu s1 -> s1 (in place over z1) */
+    k02_conv2d_down1_2(t_s1, p->down1_2_weight, p->down1_2_bias, t_merged, scratch); /* conv2d down1_2 -> z2 */
+    k03_relu_skip1_inplace(t_merged); /* relu skip1 -> skip1 (in place over z2) */
     k04_maxpool2d_pool(t_merged, t_pooled); /* maxpool2d pool -> pooled */
-    k05_conv2d_down2_1(t_pooled, p->down2_1_weight, p->down2_1_bias, t_z3, scratch); /* conv2d down2_1 -> z3 */
-    k06_relu_b1(t_z3, t_b1); /* relu b1 -> b1 */
-    k07_conv2d_down2_2(t_b1, p->down2_2_weight, p->down2_2_bias, t_z4, scratch); /* conv2d down2_2 -> z4 */
-    k08_relu_bottleneck(t_z4, t_bottleneck); /* relu bottleneck -> bottleneck */
+    k05_conv2d_down2_1(t_pooled, p->down2_1_weight, p->down2_1_bias, t_b1, scratch); /* conv2d down2_1 -> z3 */
+    k06_relu_b1_inplace(t_b1); /* relu b1 -> b1 (in place over z3) */
+    k07_conv2d_down2_2(t_b1, p->down2_2_weight, p->down2_2_bias, t_bottleneck, scratch); /* conv2d down2_2 -> z4 */
+    k08_relu_bottleneck_inplace(t_bottleneck); /* relu bottleneck -> bottleneck (in place over z4) */
     k09_conv_transpose2d_upT(t_bottleneck, p->upT_weight, p->upT_bias, t_merged + 768, scratch); /* conv_transpose2d upT -> up */
-    k11_conv2d_up1_1(t_merged, p->up1_1_weight, p->up1_1_bias, t_z5, scratch); /* conv2d up1_1 -> z5 */
-    k12_relu_u1(t_z5, t_u1); /* relu u1 -> u1 */
-    k13_conv2d_up1_2(t_u1, p->up1_2_weight, p->up1_2_bias, t_z6, scratch); /* conv2d up1_2 -> z6 */
-    k14_relu_u2(t_z6, t_u2); /* relu u2 -> u2 */
+    k11_conv2d_up1_1(t_merged, p->up1_1_weight, p->up1_1_bias, t_u1, scratch); /* conv2d up1_1 -> z5 */
+    k12_relu_u1_inplace(t_u1); /* relu u1 -> u1 (in place over z5) */
+    k13_conv2d_up1_2(t_u1, p->up1_2_weight, p->up1_2_bias, t_u2, scratch); /* conv2d up1_2 -> z6 */
+    k14_relu_u2_inplace(t_u2); /* relu u2 -> u2 (in place over z6) */
     k16_conv2d_grad_weight_out1x1_weight(t_u2, grad_y, g->out1x1_weight, scratch); /* conv2d_grad_weight out1x1.weight -> d_out1x1.weight */
     k17_bias_grad_out1x1_bias(grad_y, g->out1x1_bias); /* bias_grad out1x1.bias -> d_out1x1.bias */
     k18_conv2d_grad_input_out1x1(grad_y, p->out1x1_weight, t_d_u2__out1x1, scratch); /* conv2d_grad_input out1x1 -> d_u2__out1x1 */
-    k19_relu_grad_u2_inplace(t_z6, t_d_u2__out1x1); /* relu_grad u2 -> d_z6__u2 (in place over d_u2__out1x1) */
+    k19_relu_grad_u2_inplace(t_u2, t_d_u2__out1x1); /* relu_grad u2 -> d_z6__u2 (in place over d_u2__out1x1) */
     k20_conv2d_grad_weight_up1_2_weight(t_u1, t_d_u2__out1x1, g->up1_2_weight, scratch); /* conv2d_grad_weight up1_2.weight -> d_up1_2.weight */
     k21_bias_grad_up1_2_bias(t_d_u2__out1x1, g->up1_2_bias); /* bias_grad up1_2.bias -> d_up1_2.bias */
     k22_conv2d_grad_input_up1_2(t_d_u2__out1x1, p->up1_2_weight, t_d_u1__up1_2, scratch); /* conv2d_grad_input up1_2 -> d_u1__up1_2 */
-    k23_relu_grad_u1_inplace(t_z5, t_d_u1__up1_2); /* relu_grad u1 -> d_z5__u1 (in place over d_u1__up1_2) */
+    k23_relu_grad_u1_inplace(t_u1, t_d_u1__up1_2); /* relu_grad u1 -> d_z5__u1 (in place over d_u1__up1_2) */
     k24_conv2d_grad_weight_up1_1_weight(t_merged, t_d_u1__up1_2, g->up1_1_weight, scratch); /* conv2d_grad_weight up1_1.weight -> d_up1_1.weight */
     k25_bias_grad_up1_1_bias(t_d_u1__up1_2, g->up1_1_bias); /* bias_grad up1_1.bias -> d_up1_1.bias */
     k26_conv2d_grad_input_up1_1(t_d_u1__up1_2, p->up1_1_weight, t_d_merged__up1_1, scratch); /* conv2d_grad_input up1_1 -> d_merged__up1_1 */
     k29_conv_transpose2d_grad_weight_upT_weight(t_bottleneck, t_d_merged__up1_1 + 768, g->upT_weight, scratch); /* conv_transpose2d_grad_weight upT.weight -> d_upT.weight */
     k30_bias_grad_upT_bias(t_d_merged__up1_1 + 768, g->upT_bias); /* bias_grad upT.bias -> d_upT.bias */
     k31_conv_transpose2d_grad_input_upT(t_d_merged__up1_1 + 768, p->upT_weight, t_d_bottleneck__upT, scratch); /* conv_transpose2d_grad_input upT -> d_bottleneck__upT */
-    k32_relu_grad_bottleneck_inplace(t_z4, t_d_bottleneck__upT); /* relu_grad bottleneck -> d_z4__bottleneck (in place over d_bottleneck__upT) */
+    k32_relu_grad_bottleneck_inplace(t_bottleneck, t_d_bottleneck__upT); /* relu_grad bottleneck -> d_z4__bottleneck (in place over d_bottleneck__upT) */
     k33_conv2d_grad_weight_down2_2_weight(t_b1, t_d_bottleneck__upT, g->down2_2_weight, scratch); /* conv2d_grad_weight down2_2.weight -> d_down2_2.weight */
     k34_bias_grad_down2_2_bias(t_d_bottleneck__upT, g->down2_2_bias); /* bias_grad down2_2.bias -> d_down2_2.bias */
     k35_conv2d_grad_input_down2_2(t_d_bottleneck__upT, p->down2_2_weight, t_d_b1__down2_2, scratch); /* conv2d_grad_input down2_2 -> d_b1__down2_2 */
-    k36_relu_grad_b1_inplace(t_z3, t_d_b1__down2_2); /* relu_grad b1 -> d_z3__b1 (in place over d_b1__down2_2) */
+    k36_relu_grad_b1_inplace(t_b1, t_d_b1__down2_2); /* relu_grad b1 -> d_z3__b1 (in place over d_b1__down2_2) */
     k37_conv2d_grad_weight_down2_1_weight(t_pooled, t_d_b1__down2_2, g->down2_1_weight, scratch); /* conv2d_grad_weight down2_1.weight -> d_down2_1.weight */
     k38_bias_grad_down2_1_bias(t_d_b1__down2_2, g->down2_1_bias); /* bias_grad down2_1.bias -> d_down2_1.bias */
     k39_conv2d_grad_input_down2_1(t_d_b1__down2_2, p->down2_1_weight, t_d_pooled__down2_1, scratch); /* conv2d_grad_input down2_1 -> d_pooled__down2_1 */
     k40_maxpool2d_grad_pool(t_merged, t_d_pooled__down2_1, t_d_skip1__pool); /* maxpool2d_grad pool -> d_skip1__pool */
     k41_add_d_skip1_inplace(t_d_merged__up1_1, t_d_skip1__pool); /* add d_skip1 -> d_skip1 (in place over d_skip1__merged) */
-    k42_relu_grad_skip1_inplace(t_z2, t_d_merged__up1_1); /* relu_grad skip1 -> d_z2__skip1 (in place over d_skip1) */
+    k42_relu_grad_skip1_inplace(t_merged, t_d_merged__up1_1); /* relu_grad skip1 -> d_z2__skip1 (in place over d_skip1) */
     k43_conv2d_grad_weight_down1_2_weight(t_s1, t_d_merged__up1_1, g->down1_2_weight, scratch); /* conv2d_grad_weight down1_2.weight -> d_down1_2.weight */
     k44_bias_grad_down1_2_bias(t_d_merged__up1_1, g->down1_2_bias); /* bias_grad down1_2.bias -> d_down1_2.bias */
     k45_conv2d_grad_input_down1_2(t_d_merged__up1_1, p->down1_2_weight, t_d_s1__down1_2, scratch); /* conv2d_grad_input down1_2 -> d_s1__down1_2 */
-    k46_relu_grad_s1_inplace(t_z1, t_d_s1__down1_2); /* relu_grad s1 -> d_z1__s1 (in place over d_s1__down1_2) */
+    k46_relu_grad_s1_inplace(t_s1, t_d_s1__down1_2); /* relu_grad s1 -> d_z1__s1 (in place over d_s1__down1_2) */
     k47_conv2d_grad_weight_down1_1_weight(x, t_d_s1__down1_2, g->down1_1_weight, scratch); /* conv2d_grad_weight down1_1.weight -> d_down1_1.weight */
     k48_bias_grad_down1_1_bias(t_d_s1__down1_2, g->down1_1_bias); /* bias_grad down1_1.bias -> d_down1_1.bias */
     k49_conv2d_grad_input_down1_1(t_d_s1__down1_2, p->down1_1_weight, grad_x, scratch); /* conv2d_grad_input down1_1 -> d_x__down1_1 */

@@ -223,7 +223,7 @@ def _forward(p, x, cache=None):
     z6 = _conv2d(u1, p["up1_2.weight"], p["up1_2.bias"], 3, 1, 1, 16, 12, cache, "up1_2")
     u2 = np.maximum(z6, 0)
     y = _conv2d(u2, p["out1x1.weight"], p["out1x1.bias"], 1, 1, 0, 16, 12, cache, "out1x1")
-    return y, (z1, s1, z2, skip1, pooled, z3, b1, z4, bottleneck, merged, z5, u1, z6, u2,)
+    return y, (s1, skip1, pooled, b1, bottleneck, merged, u1, u2,)
 
 
 def forward(params, x):
@@ -242,15 +242,15 @@ def backward(params, x, grad_output):
     p = params
     grad_y = grad_output
     cols = {}
-    _, (z1, s1, z2, skip1, pooled, z3, b1, z4, bottleneck, merged, z5, u1, z6, u2,) = _forward(p, x, cols)
+    _, (s1, skip1, pooled, b1, bottleneck, merged, u1, u2,) = _forward(p, x, cols)
     d_out1x1_weight = _conv2d_grad_weight(u2, grad_y, 1, 1, 0, cols.pop("out1x1"))
     d_out1x1_bias = grad_y.sum(axis=(1, 2))
     d_u2__out1x1 = _conv2d_grad_input(grad_y, p["out1x1.weight"], 1, 1, 0, (4, 16, 12))
-    d_z6__u2 = np.where(z6 > 0, d_u2__out1x1, 0)
+    d_z6__u2 = np.where(u2 > 0, d_u2__out1x1, 0)
     d_up1_2_weight = _conv2d_grad_weight(u1, d_z6__u2, 3, 1, 1, cols.pop("up1_2"))
     d_up1_2_bias = d_z6__u2.sum(axis=(1, 2))
     d_u1__up1_2 = _conv2d_grad_input(d_z6__u2, p["up1_2.weight"], 3, 1, 1, (4, 16, 12))
-    d_z5__u1 = np.where(z5 > 0, d_u1__up1_2, 0)
+    d_z5__u1 = np.where(u1 > 0, d_u1__up1_2, 0)
     d_up1_1_weight = _conv2d_grad_weight(merged, d_z5__u1, 3, 1, 1, cols.pop("up1_1"))
     d_up1_1_bias = d_z5__u1.sum(axis=(1, 2))
     d_merged__up1_1 = _conv2d_grad_input(d_z5__u1, p["up1_1.weight"], 3, 1, 1, (8, 16, 12))
@@ -259,21 +259,21 @@ def backward(params, x, grad_output):
     d_upT_weight = _conv_transpose2d_grad_weight(bottleneck, d_up__merged, 2, 2, 0)
     d_upT_bias = d_up__merged.sum(axis=(1, 2))
     d_bottleneck__upT = _conv_transpose2d_grad_input(d_up__merged, p["upT.weight"], 2, 2, 0, 8, 6)
-    d_z4__bottleneck = np.where(z4 > 0, d_bottleneck__upT, 0)
+    d_z4__bottleneck = np.where(bottleneck > 0, d_bottleneck__upT, 0)
     d_down2_2_weight = _conv2d_grad_weight(b1, d_z4__bottleneck, 3, 1, 1, cols.pop("down2_2"))
     d_down2_2_bias = d_z4__bottleneck.sum(axis=(1, 2))
     d_b1__down2_2 = _conv2d_grad_input(d_z4__bottleneck, p["down2_2.weight"], 3, 1, 1, (8, 8, 6))
-    d_z3__b1 = np.where(z3 > 0, d_b1__down2_2, 0)
+    d_z3__b1 = np.where(b1 > 0, d_b1__down2_2, 0)
     d_down2_1_weight = _conv2d_grad_weight(pooled, d_z3__b1, 3, 1, 1, cols.pop("down2_1"))
     d_down2_1_bias = d_z3__b1.sum(axis=(1, 2))
     d_pooled__down2_1 = _conv2d_grad_input(d_z3__b1, p["down2_1.weight"], 3, 1, 1, (4, 8, 6))
     d_skip1__pool = _maxpool2d_grad_pytorch(skip1, d_pooled__down2_1, 2, 2)
     d_skip1 = d_skip1__merged + d_skip1__pool
-    d_z2__skip1 = np.where(z2 > 0, d_skip1, 0)
+    d_z2__skip1 = np.where(skip1 > 0, d_skip1, 0)
     d_down1_2_weight = _conv2d_grad_weight(s1, d_z2__skip1, 3, 1, 1, cols.pop("down1_2"))
     d_down1_2_bias = d_z2__skip1.sum(axis=(1, 2))
     d_s1__down1_2 = _conv2d_grad_input(d_z2__skip1, p["down1_2.weight"], 3, 1, 1, (4, 16, 12))
-    d_z1__s1 = np.where(z1 > 0, d_s1__down1_2, 0)
+    d_z1__s1 = np.where(s1 > 0, d_s1__down1_2, 0)
     d_down1_1_weight = _conv2d_grad_weight(x, d_z1__s1, 3, 1, 1, cols.pop("down1_1"))
     d_down1_1_bias = d_z1__s1.sum(axis=(1, 2))
     d_x__down1_1 = _conv2d_grad_input(d_z1__s1, p["down1_1.weight"], 3, 1, 1, (1, 16, 12))

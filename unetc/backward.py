@@ -35,8 +35,10 @@ def conv_transpose2d_vjp(op: ConvTranspose2d, dy: str, g: Graph):
 
 
 def relu_vjp(op: Relu, dy: str, g: Graph):
+    # the gate [z > 0] is read off the output s = relu(z): s > 0 exactly where z > 0 (also for
+    # NaN: both tests are false), so the pre-activation z need not be kept for the backward pass
     z = op.inputs[0]
-    return [(ReluGrad(op.name, (z, dy), f"d_{z}__{op.name}"), f"tensor:{z}")]
+    return [(ReluGrad(op.name, (op.output, dy), f"d_{z}__{op.name}"), f"tensor:{z}")]
 
 
 def maxpool2d_vjp(op: MaxPool2d, dy: str, g: Graph):

@@ -190,7 +190,7 @@ class Concat(Op):
 
 @dataclass(frozen=True)
 class ReluGrad(Op):
-    """dz = dy * [z > 0]; inputs (z, dy)."""
+    """dz = dy * [z > 0], read as [relu(z) > 0] (the same set); inputs (relu(z), dy)."""
 
     kind: ClassVar[str] = "relu_grad"
 

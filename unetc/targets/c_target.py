@@ -70,6 +70,18 @@ def plan_phase(sp: Specialized, ops: list, ext: dict[str, str], esize: int) -> P
     def overlaps(r1, r2):
         return r1[0] == r2[0] and r1[1] < r2[2] and r2[1] < r1[2]
 
+    # in place: relu overwrites z when nothing later reads z (z then lives where relu(z) goes)
+    for i, op in enumerate(ops):
+        z = op.inputs[0]
+        if op.kind != "relu" or z in ext or op.output in ext or any(z in o.inputs for o in ops[i + 1:]):
+            continue
+        if z not in ph.parent:
+            ph.parent[z] = (op.output, 0)
+        elif op.output not in ph.parent:
+            ph.parent[op.output] = (z, 0)
+        else:
+            continue
+        ph.inplace[i] = z
     # in place: relu_grad overwrites its dy, add accumulates into one summand, when nothing later reads it
     for i, op in enumerate(ops):
         cands = {"relu_grad": list(op.inputs[1:]), "add": list(op.inputs)}.get(op.kind, [])
@@ -283,12 +295,14 @@ def _signature(op, inplace: str | None) -> list[tuple[str, bool]]:
         return [("dy", False), ("w", False), ("out", True), ("scratch", True)]
     if kind in ("conv2d_grad_weight", "conv_transpose2d_grad_weight"):
         return [("x", False), ("dy", False), ("out", True), ("scratch", True)]
+    if kind == "relu" and inplace:
+        return [("io", True)]
     if kind in ("relu", "maxpool2d", "bias_grad", "slice"):
         return [("in", False), ("out", True)]
     if kind in ("concat", "maxpool2d_grad"):
         return [("a", False), ("bb", False), ("out", True)]
     if kind == "relu_grad":
-        return [("z", False), ("d", True)] if inplace else [("z", False), ("d", False), ("out", True)]
+        return [("s", False), ("d", True)] if inplace else [("s", False), ("d", False), ("out", True)]
     if kind == "add":
         return [("acc", True), ("other", False)] if inplace else [("a", False), ("bb", False), ("out", True)]
     raise AssertionError(kind)
@@ -307,6 +321,8 @@ def _call_args(op, ph: Phase, tensor_ptr) -> list[str]:
         return [ins[0], f"p->{var(layer)}_weight", out, "scratch"]
     if kind in ("conv2d_grad_weight", "conv_transpose2d_grad_weight"):
         return ins + [out, "scratch"]  # (x, dy)
+    if kind == "relu" and i in ph.inplace:
+        return ins
     if kind == "relu_grad" and i in ph.inplace:
         return ins
     if kind == "add" and i in ph.inplace:

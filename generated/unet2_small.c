@@ -32,8 +32,9 @@
 #define NN 3  /* ... times (channel, ki, kj) entries */
 #define HB 32 /* weight-gradient rows per cache block */
 #define NO_BIAS ((const float *)0)
-#ifdef _OPENMP
-#define PARALLEL_FOR2 _Pragma("omp parallel for collapse(2) schedule(static)")
+#define PAR_MIN 262144 /* multiply-adds below which a kernel runs on one thread (fork/join costs more) */
+#ifdef _OPENMP /* the loop nest runs on all threads when the local `par` is nonzero */
+#define PARALLEL_FOR2 _Pragma("omp parallel for collapse(2) schedule(static) if(par)")
 #else
 #define PARALLEL_FOR2
 #endif
@@ -176,6 +177,8 @@ static inline vec vsplat(float s)
    nest is compiled for that layer's exact shape. */
 #define CONV_S1(C, O, H, W, K, XPAD, WP, BIAS, Y)                                             \
     {                                                                                          \
+        const int par = (double)(O) * (H) * (W) * (C) * (K) * (K) > PAR_MIN;                   \
+        (void)par;                                                                             \
         PARALLEL_FOR2                                                                          \
         for (int ob = 0; ob < ((O) + MR - 1) / MR; ++ob)                                       \
             for (int h = 0; h < (H); ++h) {                                                    \
@@ -214,6 +217,8 @@ static inline vec vsplat(float s)
 #define WGRAD_S1(C, O, H, W, K, XPAD, DY, DW)                                                 \
     {                                                                                          \
         memset((DW), 0, sizeof(float) * (size_t)(O) * (C) * (K) * (K));                      \
+        const int par = (double)(O) * ((H) < HB ? (H) : HB) * (W) * (C) * (K) * (K) > PAR_MIN;  \
+        (void)par;                                                                             \
         for (int h0 = 0; h0 < (H); h0 += HB) {                                                 \
             PARALLEL_FOR2                                                                      \
             for (int ot = 0; ot < ((O) + MO - 1) / MO; ++ot)                                   \

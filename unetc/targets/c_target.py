@@ -188,6 +188,15 @@ def _packed(o: int, c: int, k: int) -> int:
     return -(-o // MR) * MR * c * k * k
 
 
+def _padded(alloc: _Scratch, steps: list[str], src: str, c: int, h: int, w: int, q: int) -> str:
+    """C text of src (c, h, w) zero-padded by q on every side: a kernel_pad into scratch, or src."""
+    if not q:
+        return src
+    dst = alloc(c * (h + 2 * q) * (w + 2 * q))
+    steps.append(f"kernel_pad({c}, {h}, {w}, {q}, {src}, {dst})")
+    return dst
+
+
 def conv_steps(op, sp: Specialized, esize: int) -> tuple[list[str], int]:
     """The kernel calls (C text) that compute one conv-like op, and the scratch elements they use.
     Stride-1 convolutions and their input gradients run CONV_S1 directly on the zero-padded
@@ -198,10 +207,7 @@ def conv_steps(op, sp: Specialized, esize: int) -> tuple[list[str], int]:
     if op.kind == "conv2d":
         (c, h, w), (o, ho, wo) = sh[op.inputs[0]], sh[op.output]
         if s == 1:
-            src = "x"
-            if p:
-                src = alloc(c * (h + 2 * p) * (w + 2 * p))
-                steps.append(f"kernel_pad({c}, {h}, {w}, {p}, x, {src})")
+            src = _padded(alloc, steps, "x", c, h, w, p)
             wp = alloc(_packed(o, c, k))
             steps += [f"kernel_pack({o}, {c}, {k}, w, 0, {c * kk}, {kk}, {k}, 1, {wp})",
                       f"CONV_S1({c}, {o}, {ho}, {wo}, {k}, {src}, {wp}, b, out)"]
@@ -213,10 +219,7 @@ def conv_steps(op, sp: Specialized, esize: int) -> tuple[list[str], int]:
     elif op.kind == "conv2d_grad_input":
         (o, ho, wo), (c, h, w) = sh[op.inputs[0]], sh[op.output]
         if s == 1 and p <= k - 1:  # a stride-1 correlation with the rotated, transposed weight
-            q, src = k - 1 - p, "dy"
-            if q:
-                src = alloc(o * (ho + 2 * q) * (wo + 2 * q))
-                steps.append(f"kernel_pad({o}, {ho}, {wo}, {q}, dy, {src})")
+            src = _padded(alloc, steps, "dy", o, ho, wo, k - 1 - p)
             wp = alloc(_packed(c, o, k))
             steps += [f"kernel_pack({c}, {o}, {k}, w, {(k - 1) * k + k - 1}, {kk}, {c * kk}, {-k}, -1, {wp})",
                       f"CONV_S1({o}, {c}, {h}, {w}, {k}, {src}, {wp}, NO_BIAS, out)"]
@@ -229,10 +232,7 @@ def conv_steps(op, sp: Specialized, esize: int) -> tuple[list[str], int]:
     elif op.kind == "conv2d_grad_weight":
         (c, h, w), (o, ho, wo) = sh[op.inputs[0]], sh[op.inputs[1]]
         if s == 1:
-            src = "x"
-            if p:
-                src = alloc(c * (h + 2 * p) * (w + 2 * p))
-                steps.append(f"kernel_pad({c}, {h}, {w}, {p}, x, {src})")
+            src = _padded(alloc, steps, "x", c, h, w, p)
             steps.append(f"WGRAD_S1({c}, {o}, {ho}, {wo}, {k}, {src}, dy, out)")
         else:
             cols = alloc(c * kk * ho * wo)

@@ -189,3 +189,17 @@ def test_torch_module_state_dict_is_param_shapes(tmp_path):
     m = torch_module(cfg)
     assert {k: tuple(v.shape) for k, v in m.state_dict().items()} == mod.PARAM_SHAPES
     assert list(m.state_dict()) == list(mod.PARAM_SHAPES)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--target", "numpy", "--testbench"], "--testbench is only for --target c"),
+    (["--target", "c", "-o", "FILE"], "is a file"),
+])
+def test_cli_emit_usage_errors(args, needle, tmp_path):
+    target = tmp_path / "afile"
+    target.write_text("")
+    argv = [a if a != "FILE" else str(target) for a in args]
+    p = subprocess.run([sys.executable, "-m", "unetc", "emit", str(EXAMPLES / "small.yaml"), *argv],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert p.returncode == 2 and needle in p.stderr and p.stderr.count("\n") == 1, p.stderr
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["afile"]

@@ -52,6 +52,8 @@ def cmd_check(args) -> int:
 def cmd_emit(args) -> int:
     from .emitter import emit
 
+    if args.testbench and args.target != "c":
+        raise UsageError(f"--testbench is only for --target c (got --target {args.target})")
     paths = emit(_load(args), args.target, args.out, testbench=args.testbench)
     for path in paths:
         print(f"wrote {path}")

@@ -67,6 +67,8 @@ def emit(cfg: Config, target: str, out_dir: str | Path = "generated", testbench:
     Everything is rendered before anything is written."""
     files = _target(target)(specialize(cfg), testbench)
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise EmitError(f"output directory {out} is a file")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:

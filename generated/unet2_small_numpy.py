@@ -24,6 +24,8 @@
 API: PARAM_SHAPES, init_params(seed=0), forward(params, x) -> y,
 backward(params, x, grad_output) -> (grads, grad_x). Arrays are (C, H, W), dtype float32.
 """
+import threading
+
 import numpy as np
 
 DTYPE = np.float32
@@ -98,22 +100,39 @@ def _check_params(params):
 
 # ---- kernels: vectorised over channels and pixels; loops only over kernel offsets ----
 
+_POOL = threading.local()
+
+
+def _buffer(tag, shape, dtype=DTYPE):
+    """A work array kept per thread between calls (fresh large arrays cost page faults); never
+    returned to the caller. One array per (tag, shape)."""
+    pool = _POOL.__dict__.setdefault("arrays", {})
+    a = pool.get((tag, shape))
+    if a is None:
+        a = pool[(tag, shape)] = np.empty(shape, dtype)
+    return a
+
+
 def _windows(x, k, s, ho, wo):
     """(C, H, W) -> (k*k, C, ho, wo): for each kernel offset, the strided view it sees."""
     return np.stack([x[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s]
                      for i in range(k) for j in range(k)])
 
 
-def _im2col(x, k, s, p, ho, wo):
-    """(C, H, W) -> (C*k*k, ho*wo) columns of the zero-padded input (one copy, no temporaries)."""
+def _im2col(x, k, s, p, ho, wo, tag="im2col"):
+    """(C, H, W) -> (C*k*k, ho*wo) columns of the zero-padded input, in the work array ``tag``."""
     c, h, w = x.shape
     if k == 1 and s == 1 and p == 0:
         return x.reshape(c, h * w)
     if p:
-        xp = np.zeros((c, h + 2 * p, w + 2 * p), dtype=x.dtype)
+        xp = _buffer("pad", (c, h + 2 * p, w + 2 * p), x.dtype)
+        xp[:, :p] = 0
+        xp[:, h + p:] = 0
+        xp[:, p:h + p, :p] = 0
+        xp[:, p:h + p, w + p:] = 0
         xp[:, p:p + h, p:p + w] = x
         x = xp
-    cols = np.empty((c, k, k, ho, wo), dtype=x.dtype)
+    cols = _buffer(tag, (c, k, k, ho, wo), x.dtype)
     for i in range(k):
         for j in range(k):
             cols[:, i, j] = x[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s]
@@ -121,8 +140,9 @@ def _im2col(x, k, s, p, ho, wo):
 
 
 def _col2im(cols, c, hp, wp, k, s, ho, wo):
-    """Adjoint of _im2col before cropping: (C*k*k, ho*wo) -> (C, hp, wp), overlaps summed."""
-    out = np.zeros((c, hp, wp), dtype=cols.dtype)
+    """Adjoint of _im2col before cropping: (C*k*k, ho*wo) -> (C, hp, wp) work array, overlaps summed."""
+    out = _buffer("col2im", (c, hp, wp), cols.dtype)
+    out.fill(0)
     cols = cols.reshape(c, k, k, ho, wo)
     for i in range(k):
         for j in range(k):
@@ -132,11 +152,13 @@ def _col2im(cols, c, hp, wp, k, s, ho, wo):
 
 def _conv2d(x, w, b, k, s, p, ho, wo, cache=None, key=None):
     """Convolution; with a cache dict, keeps the columns for _conv2d_grad_weight."""
-    cols = _im2col(x, k, s, p, ho, wo)
-    if cache is not None:
-        cache[key] = cols
+    if cache is None:
+        cols = _im2col(x, k, s, p, ho, wo)
+    else:
+        cols = cache[key] = _im2col(x, k, s, p, ho, wo, tag=key)
     y = w.reshape(w.shape[0], -1) @ cols
-    return (y + b[:, None]).reshape(w.shape[0], ho, wo)
+    y += b[:, None]
+    return y.reshape(w.shape[0], ho, wo)
 
 
 def _conv2d_grad_weight(x, dy, k, s, p, cols=None):
@@ -149,15 +171,15 @@ def _conv2d_grad_weight(x, dy, k, s, p, cols=None):
 def _conv2d_grad_input(dy, w, k, s, p, in_shape):
     o, ho, wo = dy.shape
     c, h, ww = in_shape
-    dcols = w.reshape(o, -1).T @ dy.reshape(o, -1)
+    dcols = np.matmul(w.reshape(o, -1).T, dy.reshape(o, -1), out=_buffer("dcols", (c * k * k, ho * wo)))
     dxp = _col2im(dcols, c, h + 2 * p, ww + 2 * p, k, s, ho, wo)
-    return np.ascontiguousarray(dxp[:, p:p + h, p:p + ww])
+    return dxp[:, p:p + h, p:p + ww].copy()
 
 
 def _conv_transpose2d(x, w, b, k, s, p, uo, vo):
     ci, d, e = x.shape
     co = w.shape[1]
-    cols = w.reshape(ci, -1).T @ x.reshape(ci, -1)
+    cols = np.matmul(w.reshape(ci, -1).T, x.reshape(ci, -1), out=_buffer("dcols", (co * k * k, d * e)))
     full = _col2im(cols, co, (d - 1) * s + k, (e - 1) * s + k, k, s, d, e)
     return full[:, p:p + uo, p:p + vo] + b[:, None, None]
 
@@ -208,20 +230,20 @@ def _forward(p, x, cache=None):
     """Forward pass; returns y and the intermediates the backward pass reads (and, with a
     cache dict, each convolution's input columns)."""
     z1 = _conv2d(x, p["down1_1.weight"], p["down1_1.bias"], 3, 1, 1, 16, 12, cache, "down1_1")
-    s1 = np.maximum(z1, 0)
+    s1 = np.maximum(z1, 0, out=z1)
     z2 = _conv2d(s1, p["down1_2.weight"], p["down1_2.bias"], 3, 1, 1, 16, 12, cache, "down1_2")
-    skip1 = np.maximum(z2, 0)
+    skip1 = np.maximum(z2, 0, out=z2)
     pooled = _windows(skip1, 2, 2, 8, 6).max(axis=0)
     z3 = _conv2d(pooled, p["down2_1.weight"], p["down2_1.bias"], 3, 1, 1, 8, 6, cache, "down2_1")
-    b1 = np.maximum(z3, 0)
+    b1 = np.maximum(z3, 0, out=z3)
     z4 = _conv2d(b1, p["down2_2.weight"], p["down2_2.bias"], 3, 1, 1, 8, 6, cache, "down2_2")
-    bottleneck = np.maximum(z4, 0)
+    bottleneck = np.maximum(z4, 0, out=z4)
     up = _conv_transpose2d(bottleneck, p["upT.weight"], p["upT.bias"], 2, 2, 0, 16, 12)
     merged = np.concatenate((skip1, up), axis=0)
     z5 = _conv2d(merged, p["up1_1.weight"], p["up1_1.bias"], 3, 1, 1, 16, 12, cache, "up1_1")
-    u1 = np.maximum(z5, 0)
+    u1 = np.maximum(z5, 0, out=z5)
     z6 = _conv2d(u1, p["up1_2.weight"], p["up1_2.bias"], 3, 1, 1, 16, 12, cache, "up1_2")
-    u2 = np.maximum(z6, 0)
+    u2 = np.maximum(z6, 0, out=z6)
     y = _conv2d(u2, p["out1x1.weight"], p["out1x1.bias"], 1, 1, 0, 16, 12, cache, "out1x1")
     return y, (s1, skip1, pooled, b1, bottleneck, merged, u1, u2,)
 

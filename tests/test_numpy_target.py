@@ -203,3 +203,19 @@ def test_cli_emit_usage_errors(args, needle, tmp_path):
                        capture_output=True, text=True, cwd=tmp_path)
     assert p.returncode == 2 and needle in p.stderr and p.stderr.count("\n") == 1, p.stderr
     assert sorted(x.name for x in tmp_path.iterdir()) == ["afile"]
+
+
+@pytest.mark.parametrize("case", ["default", "up_padding", "pool3s2_up3s2_odd"])
+def test_results_survive_later_calls(case, tmp_path):
+    """The module reuses per-thread work arrays between calls: what it returns must not be one."""
+    mod = emitted(dataclasses.replace(CONFIG_MATRIX[case], dtype="float64"), tmp_path)
+    params, x, gy = random_inputs(mod, seed=1)
+    y1 = mod.forward(params, x)
+    g1, gx1 = mod.backward(params, x, gy)
+    saved = (y1.copy(), {k: v.copy() for k, v in g1.items()}, gx1.copy())
+    _, x2, gy2 = random_inputs(mod, seed=2)
+    mod.forward(params, x2)
+    mod.backward(params, x2, gy2)
+    assert np.array_equal(y1, saved[0]) and np.array_equal(gx1, saved[2])
+    assert all(np.array_equal(g1[k], saved[1][k]) for k in g1)
+    assert np.array_equal(mod.forward(params, x), y1)

@@ -27,10 +27,16 @@
 
 #define ALIGN 64
 
-#define MR 8  /* output channels per register block */
-#define MO 8  /* weight-gradient tile: output channels ... */
-#define NN 3  /* ... times (channel, ki, kj) entries */
+#define MR 8 /* output channels per register block */
+#ifndef MO
+#define MO 8 /* weight-gradient tile: output channels ... */
+#endif
+#ifndef NN
+#define NN 2 /* ... times (channel, ki, kj) entries (8 x 2 measured best on AVX-512) */
+#endif
+#ifndef HB
 #define HB 32 /* weight-gradient rows per cache block */
+#endif
 #define NO_BIAS ((const float *)0)
 #define PAR_MIN 262144 /* multiply-adds below which a kernel runs on one thread (fork/join costs more) */
 #ifdef _OPENMP /* the loop nest runs on all threads when the local `par` is nonzero */
@@ -122,6 +128,7 @@ static void kernel_pack(int O, int C, int K, const float *restrict w, long base,
 #endif
 #define VL (VBYTES / (int)sizeof(float))
 typedef float vec __attribute__((vector_size(VBYTES)));
+typedef int32_t ivec __attribute__((vector_size(VBYTES))); /* lane masks of vec */
 #define UNETC_VEC 1
 
 static inline vec vload(const float *p)
@@ -142,9 +149,16 @@ static inline vec vsplat(float s)
     return v + s;
 }
 
+/* relu on every lane: negative lanes become 0, NaN stays NaN (as PyTorch) */
+static inline vec vrelu(vec v)
+{
+    const ivec negative = v < vsplat(0);
+    return (vec)((ivec)v & ~negative);
+}
+
 
 /* One tile of CONV_S1: MR output channels x NV*VL output pixels of row h, in registers. */
-#define CONV_TILE(NV, C, K, Hp, Wp, H, W, O, XPAD, Y)                                         \
+#define CONV_TILE(NV, C, K, Hp, Wp, H, W, O, XPAD, RELU, Y)                                   \
     {                                                                                          \
         vec acc[MR][NV];                                                                       \
         for (int m = 0; m < MR; ++m)                                                           \
@@ -164,18 +178,21 @@ static inline vec vsplat(float s)
                 }                                                                              \
             }                                                                                  \
         for (int m = 0; m < MR && ob * MR + m < (O); ++m)                                      \
-            for (int v = 0; v < NV; ++v)                                                       \
+            for (int v = 0; v < NV; ++v) {                                                     \
+                if (RELU)                                                                      \
+                    acc[m][v] = vrelu(acc[m][v]);                                              \
                 vstore((Y) + ((size_t)(ob * MR + m) * (H) + h) * (W) + w0 + v * VL, acc[m][v]); \
+            }                                                                                  \
     }
 #else
-#define CONV_TILE(NV, C, K, Hp, Wp, H, W, O, XPAD, Y) {}
+#define CONV_TILE(NV, C, K, Hp, Wp, H, W, O, XPAD, RELU, Y) {}
 #define VL 1
 #endif
 
 /* Y (O, H, W) = BIAS + stride-1 correlation of XPAD (C, H+K-1, W+K-1) with packed weights WP
-   (kernel_pack); BIAS may be 0. Every size argument is a literal at the call site, so the loop
-   nest is compiled for that layer's exact shape. */
-#define CONV_S1(C, O, H, W, K, XPAD, WP, BIAS, Y)                                             \
+   (kernel_pack), then relu when RELU is 1; BIAS may be NO_BIAS. Every size argument is a literal
+   at the call site, so the loop nest is compiled for that layer's exact shape. */
+#define CONV_S1(C, O, H, W, K, XPAD, WP, BIAS, RELU, Y)                                             \
     {                                                                                          \
         const int par = (double)(O) * (H) * (W) * (C) * (K) * (K) > PAR_MIN;                   \
         (void)par;                                                                             \
@@ -188,9 +205,9 @@ static inline vec vsplat(float s)
                 const float *restrict wbase = (WP) + (size_t)ob * (C) * (K) * (K) * MR;       \
                 int w0 = 0;                                                                    \
                 for (; w0 + 2 * VL <= (W) && VL > 1; w0 += 2 * VL)                              \
-                    CONV_TILE(2, C, K, (H) + (K) - 1, (W) + (K) - 1, H, W, O, XPAD, Y)         \
+                    CONV_TILE(2, C, K, (H) + (K) - 1, (W) + (K) - 1, H, W, O, XPAD, RELU, Y)   \
                 for (; w0 + VL <= (W) && VL > 1; w0 += VL)                                      \
-                    CONV_TILE(1, C, K, (H) + (K) - 1, (W) + (K) - 1, H, W, O, XPAD, Y)         \
+                    CONV_TILE(1, C, K, (H) + (K) - 1, (W) + (K) - 1, H, W, O, XPAD, RELU, Y)   \
                 for (; w0 < (W); ++w0) {                                                       \
                     float acc[MR];                                                           \
                     for (int m = 0; m < MR; ++m)                                               \
@@ -205,7 +222,8 @@ static inline vec vsplat(float s)
                                     acc[m] += wq[m] * xr[j];                                   \
                         }                                                                      \
                     for (int m = 0; m < MR && ob * MR + m < (O); ++m)                          \
-                        (Y)[((size_t)(ob * MR + m) * (H) + h) * (W) + w0] = acc[m];            \
+                        (Y)[((size_t)(ob * MR + m) * (H) + h) * (W) + w0] =                    \
+                            (RELU) && acc[m] < 0 ? 0 : acc[m];                                 \
                 }                                                                              \
             }                                                                                  \
     }
@@ -278,49 +296,49 @@ static inline vec vsplat(float s)
         }
 #endif
 
+/* sum of a[0..n) with independent partial sums (vectorised without reassociation flags) */
 static inline float unet2_small_sum(const float *restrict a, int n)
 {
-    float l[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     int i = 0;
+#ifdef UNETC_VEC
+    vec v0 = vsplat(0), v1 = vsplat(0), v2 = vsplat(0), v3 = vsplat(0);
+    for (; i + 4 * VL <= n; i += 4 * VL) {
+        v0 += vload(a + i);
+        v1 += vload(a + i + VL);
+        v2 += vload(a + i + 2 * VL);
+        v3 += vload(a + i + 3 * VL);
+    }
+    v0 = (v0 + v1) + (v2 + v3);
+    float s = 0;
+    for (int l = 0; l < VL; ++l)
+        s += v0[l];
+#else
+    float s = 0;
+#endif
+    float l[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     for (; i + 8 <= n; i += 8)
         for (int j = 0; j < 8; ++j)
             l[j] += a[i + j];
     for (; i < n; ++i)
         l[i & 7] += a[i];
-    return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+    return s + (((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7])));
 }
 
 /* conv2d down1_1: x -> z1 */
-static void k00_conv2d_down1_1(const float *restrict x, const float *restrict w, const float *restrict b, float *restrict out, float *restrict scratch)
+static void k00_conv2d_down1_1_relu(const float *restrict x, const float *restrict w, const float *restrict b, float *restrict out, float *restrict scratch)
 {
     kernel_pad(1, 16, 12, 1, x, scratch);
     kernel_pack(4, 1, 3, w, 0, 9, 9, 3, 1, scratch + 256);
-    CONV_S1(1, 4, 16, 12, 3, scratch, scratch + 256, b, out);
-}
-
-
-/* relu s1: z1 -> s1 */
-static void k01_relu_s1_inplace(float *restrict io)
-{
-    for (int i = 0; i < 768; ++i)
-        io[i] = io[i] < 0 ? 0 : io[i];
+    CONV_S1(1, 4, 16, 12, 3, scratch, scratch + 256, b, 1, out);
 }
 
 
 /* conv2d down1_2: s1 -> z2 */
-static void k02_conv2d_down1_2(const float *restrict x, const float *restrict w, const float *restrict b, float *restrict out, float *restrict scratch)
+static void k02_conv2d_down1_2_relu(const float *restrict x, const float *restrict w, const float *restrict b, float *restrict out, float *restrict scratch)
 {
     kernel_pad(4, 16, 12, 1, x, scratch);
     kernel_pack(4, 4, 3, w, 0, 36, 9, 3, 1, scratch + 1008);
-    CONV_S1(4, 4, 16, 12, 3, scratch, scratch + 1008, b, out);
-}
-
-
-/* relu skip1: z2 -> skip1 */
-static void k03_relu_skip1_inplace(float *restrict io)
-{
-    for (int i = 0; i < 768; ++i)
-        io[i] = io[i] < 0 ? 0 : io[i];
+    CONV_S1(4, 4, 16, 12, 3, scratch, scratch + 1008, b, 1, out);
 }
 
 
@@ -344,36 +362,20 @@ static void k04_maxpool2d_pool(const float *restrict in, float *restrict out)
 
 
 /* conv2d down2_1: pooled -> z3 */
-static void k05_conv2d_down2_1(const float *restrict x, const float *restrict w, const float *restrict b, float *restrict out, float *restrict scratch)
+static void k05_conv2d_down2_1_relu(const float *restrict x, const float *restrict w, const float *restrict b, float *restrict out, float *restrict scratch)
 {
     kernel_pad(4, 8, 6, 1, x, scratch);
     kernel_pack(8, 4, 3, w, 0, 36, 9, 3, 1, scratch + 320);
-    CONV_S1(4, 8, 8, 6, 3, scratch, scratch + 320, b, out);
-}
-
-
-/* relu b1: z3 -> b1 */
-static void k06_relu_b1_inplace(float *restrict io)
-{
-    for (int i = 0; i < 384; ++i)
-        io[i] = io[i] < 0 ? 0 : io[i];
+    CONV_S1(4, 8, 8, 6, 3, scratch, scratch + 320, b, 1, out);
 }
 
 
 /* conv2d down2_2: b1 -> z4 */
-static void k07_conv2d_down2_2(const float *restrict x, const float *restrict w, const float *restrict b, float *restrict out, float *restrict scratch)
+static void k07_conv2d_down2_2_relu(const float *restrict x, const float *restrict w, const float *restrict b, float *restrict out, float *restrict scratch)
 {
     kernel_pad(8, 8, 6, 1, x, scratch);
     kernel_pack(8, 8, 3, w, 0, 72, 9, 3, 1, scratch + 640);
-    CONV_S1(8, 8, 8, 6, 3, scratch, scratch + 640, b, out);
-}
-
-
-/* relu bottleneck: z4 -> bottleneck */
-static void k08_relu_bottleneck_inplace(float *restrict io)
-{
-    for (int i = 0; i < 384; ++i)
-        io[i] = io[i] < 0 ? 0 : io[i];
+    CONV_S1(8, 8, 8, 6, 3, scratch, scratch + 640, b, 1, out);
 }
 
 
@@ -381,43 +383,27 @@ static void k08_relu_bottleneck_inplace(float *restrict io)
 static void k09_conv_transpose2d_upT(const float *restrict x, const float *restrict w, const float *restrict b, float *restrict out, float *restrict scratch)
 {
     kernel_pack(16, 8, 1, w, 0, 1, 16, 0, 0, scratch);
-    CONV_S1(8, 16, 8, 6, 1, x, scratch, NO_BIAS, scratch + 128);
+    CONV_S1(8, 16, 8, 6, 1, x, scratch, NO_BIAS, 0, scratch + 128);
     kernel_fill(4, 192, b, out);
     kernel_col2im_add(4, 16, 12, 2, 2, 0, 8, 6, scratch + 128, out);
 }
 
 
 /* conv2d up1_1: merged -> z5 */
-static void k11_conv2d_up1_1(const float *restrict x, const float *restrict w, const float *restrict b, float *restrict out, float *restrict scratch)
+static void k11_conv2d_up1_1_relu(const float *restrict x, const float *restrict w, const float *restrict b, float *restrict out, float *restrict scratch)
 {
     kernel_pad(8, 16, 12, 1, x, scratch);
     kernel_pack(4, 8, 3, w, 0, 72, 9, 3, 1, scratch + 2016);
-    CONV_S1(8, 4, 16, 12, 3, scratch, scratch + 2016, b, out);
-}
-
-
-/* relu u1: z5 -> u1 */
-static void k12_relu_u1_inplace(float *restrict io)
-{
-    for (int i = 0; i < 768; ++i)
-        io[i] = io[i] < 0 ? 0 : io[i];
+    CONV_S1(8, 4, 16, 12, 3, scratch, scratch + 2016, b, 1, out);
 }
 
 
 /* conv2d up1_2: u1 -> z6 */
-static void k13_conv2d_up1_2(const float *restrict x, const float *restrict w, const float *restrict b, float *restrict out, float *restrict scratch)
+static void k13_conv2d_up1_2_relu(const float *restrict x, const float *restrict w, const float *restrict b, float *restrict out, float *restrict scratch)
 {
     kernel_pad(4, 16, 12, 1, x, scratch);
     kernel_pack(4, 4, 3, w, 0, 36, 9, 3, 1, scratch + 1008);
-    CONV_S1(4, 4, 16, 12, 3, scratch, scratch + 1008, b, out);
-}
-
-
-/* relu u2: z6 -> u2 */
-static void k14_relu_u2_inplace(float *restrict io)
-{
-    for (int i = 0; i < 768; ++i)
-        io[i] = io[i] < 0 ? 0 : io[i];
+    CONV_S1(4, 4, 16, 12, 3, scratch, scratch + 1008, b, 1, out);
 }
 
 
@@ -425,7 +411,7 @@ static void k14_relu_u2_inplace(float *restrict io)
 static void k15_conv2d_out1x1(const float *restrict x, const float *restrict w, const float *restrict b, float *restrict out, float *restrict scratch)
 {
     kernel_pack(2, 4, 1, w, 0, 4, 1, 1, 1, scratch);
-    CONV_S1(4, 2, 16, 12, 1, x, scratch, b, out);
+    CONV_S1(4, 2, 16, 12, 1, x, scratch, b, 0, out);
 }
 
 
@@ -449,7 +435,7 @@ static void k17_bias_grad_out1x1_bias(const float *restrict in, float *restrict 
 static void k18_conv2d_grad_input_out1x1(const float *restrict dy, const float *restrict w, float *restrict out, float *restrict scratch)
 {
     kernel_pack(4, 2, 1, w, 0, 1, 4, -1, -1, scratch);
-    CONV_S1(2, 4, 16, 12, 1, dy, scratch, NO_BIAS, out);
+    CONV_S1(2, 4, 16, 12, 1, dy, scratch, NO_BIAS, 0, out);
 }
 
 
@@ -482,7 +468,7 @@ static void k22_conv2d_grad_input_up1_2(const float *restrict dy, const float *r
 {
     kernel_pad(4, 16, 12, 1, dy, scratch);
     kernel_pack(4, 4, 3, w, 8, 9, 36, -3, -1, scratch + 1008);
-    CONV_S1(4, 4, 16, 12, 3, scratch, scratch + 1008, NO_BIAS, out);
+    CONV_S1(4, 4, 16, 12, 3, scratch, scratch + 1008, NO_BIAS, 0, out);
 }
 
 
@@ -515,7 +501,7 @@ static void k26_conv2d_grad_input_up1_1(const float *restrict dy, const float *r
 {
     kernel_pad(4, 16, 12, 1, dy, scratch);
     kernel_pack(8, 4, 3, w, 8, 9, 72, -3, -1, scratch + 1008);
-    CONV_S1(4, 8, 16, 12, 3, scratch, scratch + 1008, NO_BIAS, out);
+    CONV_S1(4, 8, 16, 12, 3, scratch, scratch + 1008, NO_BIAS, 0, out);
 }
 
 
@@ -540,7 +526,7 @@ static void k31_conv_transpose2d_grad_input_upT(const float *restrict dy, const 
 {
     kernel_im2col(4, 16, 12, 2, 2, 0, 8, 6, dy, scratch);
     kernel_pack(8, 16, 1, w, 0, 16, 1, 0, 0, scratch + 768);
-    CONV_S1(16, 8, 8, 6, 1, scratch, scratch + 768, NO_BIAS, out);
+    CONV_S1(16, 8, 8, 6, 1, scratch, scratch + 768, NO_BIAS, 0, out);
 }
 
 
@@ -573,7 +559,7 @@ static void k35_conv2d_grad_input_down2_2(const float *restrict dy, const float 
 {
     kernel_pad(8, 8, 6, 1, dy, scratch);
     kernel_pack(8, 8, 3, w, 8, 9, 72, -3, -1, scratch + 640);
-    CONV_S1(8, 8, 8, 6, 3, scratch, scratch + 640, NO_BIAS, out);
+    CONV_S1(8, 8, 8, 6, 3, scratch, scratch + 640, NO_BIAS, 0, out);
 }
 
 
@@ -606,7 +592,7 @@ static void k39_conv2d_grad_input_down2_1(const float *restrict dy, const float 
 {
     kernel_pad(8, 8, 6, 1, dy, scratch);
     kernel_pack(4, 8, 3, w, 8, 9, 36, -3, -1, scratch + 640);
-    CONV_S1(8, 4, 8, 6, 3, scratch, scratch + 640, NO_BIAS, out);
+    CONV_S1(8, 4, 8, 6, 3, scratch, scratch + 640, NO_BIAS, 0, out);
 }
 
 
@@ -672,7 +658,7 @@ static void k45_conv2d_grad_input_down1_2(const float *restrict dy, const float 
 {
     kernel_pad(4, 16, 12, 1, dy, scratch);
     kernel_pack(4, 4, 3, w, 8, 9, 36, -3, -1, scratch + 1008);
-    CONV_S1(4, 4, 16, 12, 3, scratch, scratch + 1008, NO_BIAS, out);
+    CONV_S1(4, 4, 16, 12, 3, scratch, scratch + 1008, NO_BIAS, 0, out);
 }
 
 
@@ -705,7 +691,7 @@ static void k49_conv2d_grad_input_down1_1(const float *restrict dy, const float 
 {
     kernel_pad(4, 16, 12, 1, dy, scratch);
     kernel_pack(1, 4, 3, w, 8, 9, 9, -3, -1, scratch + 1008);
-    CONV_S1(4, 1, 16, 12, 3, scratch, scratch + 1008, NO_BIAS, out);
+    CONV_S1(4, 1, 16, 12, 3, scratch, scratch + 1008, NO_BIAS, 0, out);
 }
 
 
@@ -765,20 +751,14 @@ int unet2_small_forward(const unet2_small_params *p, const float *x, float *y, v
     float *const t_merged = (float *)(void *)(base + 3072); /* merged (8, 16, 12), 6144 B */
     float *const t_u2 = (float *)(void *)(base + 3072); /* u2 (4, 16, 12), 3072 B */
     float *const t_bottleneck = (float *)(void *)(base + 9216); /* bottleneck (8, 8, 6), 1536 B */
-    k00_conv2d_down1_1(x, p->down1_1_weight, p->down1_1_bias, t_s1, scratch); /* conv2d down1_1 -> z1 */
-    k01_relu_s1_inplace(t_s1); /* relu s1 -> s1 (in place over z1) */
-    k02_conv2d_down1_2(t_s1, p->down1_2_weight, p->down1_2_bias, t_merged, scratch); /* conv2d down1_2 -> z2 */
-    k03_relu_skip1_inplace(t_merged); /* relu skip1 -> skip1 (in place over z2) */
+    k00_conv2d_down1_1_relu(x, p->down1_1_weight, p->down1_1_bias, t_s1, scratch); /* conv2d down1_1 -> z1 + relu s1 in place */
+    k02_conv2d_down1_2_relu(t_s1, p->down1_2_weight, p->down1_2_bias, t_merged, scratch); /* conv2d down1_2 -> z2 + relu skip1 in place */
     k04_maxpool2d_pool(t_merged, t_pooled); /* maxpool2d pool -> pooled */
-    k05_conv2d_down2_1(t_pooled, p->down2_1_weight, p->down2_1_bias, t_b1, scratch); /* conv2d down2_1 -> z3 */
-    k06_relu_b1_inplace(t_b1); /* relu b1 -> b1 (in place over z3) */
-    k07_conv2d_down2_2(t_b1, p->down2_2_weight, p->down2_2_bias, t_bottleneck, scratch); /* conv2d down2_2 -> z4 */
-    k08_relu_bottleneck_inplace(t_bottleneck); /* relu bottleneck -> bottleneck (in place over z4) */
+    k05_conv2d_down2_1_relu(t_pooled, p->down2_1_weight, p->down2_1_bias, t_b1, scratch); /* conv2d down2_1 -> z3 + relu b1 in place */
+    k07_conv2d_down2_2_relu(t_b1, p->down2_2_weight, p->down2_2_bias, t_bottleneck, scratch); /* conv2d down2_2 -> z4 + relu bottleneck in place */
     k09_conv_transpose2d_upT(t_bottleneck, p->upT_weight, p->upT_bias, t_merged + 768, scratch); /* conv_transpose2d upT -> up */
-    k11_conv2d_up1_1(t_merged, p->up1_1_weight, p->up1_1_bias, t_u1, scratch); /* conv2d up1_1 -> z5 */
-    k12_relu_u1_inplace(t_u1); /* relu u1 -> u1 (in place over z5) */
-    k13_conv2d_up1_2(t_u1, p->up1_2_weight, p->up1_2_bias, t_u2, scratch); /* conv2d up1_2 -> z6 */
-    k14_relu_u2_inplace(t_u2); /* relu u2 -> u2 (in place over z6) */
+    k11_conv2d_up1_1_relu(t_merged, p->up1_1_weight, p->up1_1_bias, t_u1, scratch); /* conv2d up1_1 -> z5 + relu u1 in place */
+    k13_conv2d_up1_2_relu(t_u1, p->up1_2_weight, p->up1_2_bias, t_u2, scratch); /* conv2d up1_2 -> z6 + relu u2 in place */
     k15_conv2d_out1x1(t_u2, p->out1x1_weight, p->out1x1_bias, y, scratch); /* conv2d out1x1 -> y */
     return UNET2_SMALL_OK;
 }
@@ -838,20 +818,14 @@ int unet2_small_backward(const unet2_small_params *p, const float *x, const floa
     float *const t_u2 = (float *)(void *)(base + 16128); /* u2 (4, 16, 12), 3072 B */
     float *const t_d_merged__up1_1 = (float *)(void *)(base + 19200); /* d_merged__up1_1 (8, 16, 12), 6144 B */
     float *const t_d_u2__out1x1 = (float *)(void *)(base + 19200); /* d_u2__out1x1 (4, 16, 12), 3072 B */
-    k00_conv2d_down1_1(x, p->down1_1_weight, p->down1_1_bias, t_s1, scratch); /* conv2d down1_1 -> z1 */
-    k01_relu_s1_inplace(t_s1); /* relu s1 -> s1 (in place over z1) */
-    k02_conv2d_down1_2(t_s1, p->down1_2_weight, p->down1_2_bias, t_merged, scratch); /* conv2d down1_2 -> z2 */
-    k03_relu_skip1_inplace(t_merged); /* relu skip1 -> skip1 (in place over z2) */
+    k00_conv2d_down1_1_relu(x, p->down1_1_weight, p->down1_1_bias, t_s1, scratch); /* conv2d down1_1 -> z1 + relu s1 in place */
+    k02_conv2d_down1_2_relu(t_s1, p->down1_2_weight, p->down1_2_bias, t_merged, scratch); /* conv2d down1_2 -> z2 + relu skip1 in place */
     k04_maxpool2d_pool(t_merged, t_pooled); /* maxpool2d pool -> pooled */
-    k05_conv2d_down2_1(t_pooled, p->down2_1_weight, p->down2_1_bias, t_b1, scratch); /* conv2d down2_1 -> z3 */
-    k06_relu_b1_inplace(t_b1); /* relu b1 -> b1 (in place over z3) */
-    k07_conv2d_down2_2(t_b1, p->down2_2_weight, p->down2_2_bias, t_bottleneck, scratch); /* conv2d down2_2 -> z4 */
-    k08_relu_bottleneck_inplace(t_bottleneck); /* relu bottleneck -> bottleneck (in place over z4) */
+    k05_conv2d_down2_1_relu(t_pooled, p->down2_1_weight, p->down2_1_bias, t_b1, scratch); /* conv2d down2_1 -> z3 + relu b1 in place */
+    k07_conv2d_down2_2_relu(t_b1, p->down2_2_weight, p->down2_2_bias, t_bottleneck, scratch); /* conv2d down2_2 -> z4 + relu bottleneck in place */
     k09_conv_transpose2d_upT(t_bottleneck, p->upT_weight, p->upT_bias, t_merged + 768, scratch); /* conv_transpose2d upT -> up */
-    k11_conv2d_up1_1(t_merged, p->up1_1_weight, p->up1_1_bias, t_u1, scratch); /* conv2d up1_1 -> z5 */
-    k12_relu_u1_inplace(t_u1); /* relu u1 -> u1 (in place over z5) */
-    k13_conv2d_up1_2(t_u1, p->up1_2_weight, p->up1_2_bias, t_u2, scratch); /* conv2d up1_2 -> z6 */
-    k14_relu_u2_inplace(t_u2); /* relu u2 -> u2 (in place over z6) */
+    k11_conv2d_up1_1_relu(t_merged, p->up1_1_weight, p->up1_1_bias, t_u1, scratch); /* conv2d up1_1 -> z5 + relu u1 in place */
+    k13_conv2d_up1_2_relu(t_u1, p->up1_2_weight, p->up1_2_bias, t_u2, scratch); /* conv2d up1_2 -> z6 + relu u2 in place */
     k16_conv2d_grad_weight_out1x1_weight(t_u2, grad_y, g->out1x1_weight, scratch); /* conv2d_grad_weight out1x1.weight -> d_out1x1.weight */
     k17_bias_grad_out1x1_bias(grad_y, g->out1x1_bias); /* bias_grad out1x1.bias -> d_out1x1.bias */
     k18_conv2d_grad_input_out1x1(grad_y, p->out1x1_weight, t_d_u2__out1x1, scratch); /* conv2d_grad_input out1x1 -> d_u2__out1x1 */

@@ -197,10 +197,11 @@ def _padded(alloc: _Scratch, steps: list[str], src: str, c: int, h: int, w: int,
     return dst
 
 
-def conv_steps(op, sp: Specialized, esize: int) -> tuple[list[str], int]:
+def conv_steps(op, sp: Specialized, esize: int, relu: bool = False) -> tuple[list[str], int]:
     """The kernel calls (C text) that compute one conv-like op, and the scratch elements they use.
     Stride-1 convolutions and their input gradients run CONV_S1 directly on the zero-padded
-    input; everything else goes through im2col / col2im around a 1x1 CONV_S1 or WGRAD_S1."""
+    input; everything else goes through im2col / col2im around a 1x1 CONV_S1 or WGRAD_S1.
+    ``relu`` (conv2d only) applies the following relu in the same pass."""
     sh, fwd = sp.shapes, op.fwd if hasattr(op, "fwd") else op
     k, s, p, kk = fwd.k, fwd.s, fwd.p, fwd.k * fwd.k
     alloc, steps = _Scratch(esize), []
@@ -210,23 +211,23 @@ def conv_steps(op, sp: Specialized, esize: int) -> tuple[list[str], int]:
             src = _padded(alloc, steps, "x", c, h, w, p)
             wp = alloc(_packed(o, c, k))
             steps += [f"kernel_pack({o}, {c}, {k}, w, 0, {c * kk}, {kk}, {k}, 1, {wp})",
-                      f"CONV_S1({c}, {o}, {ho}, {wo}, {k}, {src}, {wp}, b, out)"]
+                      f"CONV_S1({c}, {o}, {ho}, {wo}, {k}, {src}, {wp}, b, {int(relu)}, out)"]
         else:
             cols, wp = alloc(c * kk * ho * wo), alloc(_packed(o, c * kk, 1))
             steps += [f"kernel_im2col({c}, {h}, {w}, {k}, {s}, {p}, {ho}, {wo}, x, {cols})",
                       f"kernel_pack({o}, {c * kk}, 1, w, 0, {c * kk}, 1, 0, 0, {wp})",
-                      f"CONV_S1({c * kk}, {o}, {ho}, {wo}, 1, {cols}, {wp}, b, out)"]
+                      f"CONV_S1({c * kk}, {o}, {ho}, {wo}, 1, {cols}, {wp}, b, {int(relu)}, out)"]
     elif op.kind == "conv2d_grad_input":
         (o, ho, wo), (c, h, w) = sh[op.inputs[0]], sh[op.output]
         if s == 1 and p <= k - 1:  # a stride-1 correlation with the rotated, transposed weight
             src = _padded(alloc, steps, "dy", o, ho, wo, k - 1 - p)
             wp = alloc(_packed(c, o, k))
             steps += [f"kernel_pack({c}, {o}, {k}, w, {(k - 1) * k + k - 1}, {kk}, {c * kk}, {-k}, -1, {wp})",
-                      f"CONV_S1({o}, {c}, {h}, {w}, {k}, {src}, {wp}, NO_BIAS, out)"]
+                      f"CONV_S1({o}, {c}, {h}, {w}, {k}, {src}, {wp}, NO_BIAS, 0, out)"]
         else:
             wp, cols = alloc(_packed(c * kk, o, 1)), alloc(c * kk * ho * wo)
             steps += [f"kernel_pack({c * kk}, {o}, 1, w, 0, 1, {c * kk}, 0, 0, {wp})",
-                      f"CONV_S1({o}, {c * kk}, {ho}, {wo}, 1, dy, {wp}, NO_BIAS, {cols})",
+                      f"CONV_S1({o}, {c * kk}, {ho}, {wo}, 1, dy, {wp}, NO_BIAS, 0, {cols})",
                       f"kernel_fill({c}, {h * w}, NO_BIAS, out)",
                       f"kernel_col2im_add({c}, {h}, {w}, {k}, {s}, {p}, {ho}, {wo}, {cols}, out)"]
     elif op.kind == "conv2d_grad_weight":
@@ -242,7 +243,7 @@ def conv_steps(op, sp: Specialized, esize: int) -> tuple[list[str], int]:
         (ci, d, e), (co, u, v) = sh[op.inputs[0]], sh[op.output]
         wp, cols = alloc(_packed(co * kk, ci, 1)), alloc(co * kk * d * e)
         steps += [f"kernel_pack({co * kk}, {ci}, 1, w, 0, 1, {co * kk}, 0, 0, {wp})",
-                  f"CONV_S1({ci}, {co * kk}, {d}, {e}, 1, x, {wp}, NO_BIAS, {cols})",
+                  f"CONV_S1({ci}, {co * kk}, {d}, {e}, 1, x, {wp}, NO_BIAS, 0, {cols})",
                   f"kernel_fill({co}, {u * v}, b, out)",
                   f"kernel_col2im_add({co}, {u}, {v}, {k}, {s}, {p}, {d}, {e}, {cols}, out)"]
     elif op.kind == "conv_transpose2d_grad_input":
@@ -250,7 +251,7 @@ def conv_steps(op, sp: Specialized, esize: int) -> tuple[list[str], int]:
         cols, wp = alloc(co * kk * d * e), alloc(_packed(ci, co * kk, 1))
         steps += [f"kernel_im2col({co}, {u}, {v}, {k}, {s}, {p}, {d}, {e}, dy, {cols})",
                   f"kernel_pack({ci}, {co * kk}, 1, w, 0, {co * kk}, 1, 0, 0, {wp})",
-                  f"CONV_S1({co * kk}, {ci}, {d}, {e}, 1, {cols}, {wp}, NO_BIAS, out)"]
+                  f"CONV_S1({co * kk}, {ci}, {d}, {e}, 1, {cols}, {wp}, NO_BIAS, 0, out)"]
     elif op.kind == "conv_transpose2d_grad_weight":
         (ci, d, e), (co, u, v) = sh[op.inputs[0]], sh[op.inputs[1]]
         cols = alloc(co * kk * d * e)
@@ -263,15 +264,16 @@ def conv_steps(op, sp: Specialized, esize: int) -> tuple[list[str], int]:
     return steps, alloc.used
 
 
-def kernel(op, sp: Specialized, fn: str, inplace: str | None) -> dict:
-    """The numbers one op's C function needs (template context ``o``)."""
+def kernel(op, sp: Specialized, fn: str, inplace: str | None, relu: bool = False) -> dict:
+    """The numbers one op's C function needs (template context ``o``); ``relu``: a conv2d that
+    also applies the relu following it."""
     sh = sp.shapes
     ctx = {"kind": op.kind, "fn": fn, "name": op.name, "inplace": inplace is not None,
            "out_shape": sh[op.output], "in_shapes": [sh[t] for t in op.inputs], "n": _numel(sh[op.output])}
     fwd = getattr(op, "fwd", None) or op
     k, s = getattr(fwd, "k", 0), getattr(fwd, "s", 0)
     if op.kind in CONV_KINDS:
-        ctx["steps"], ctx["scratch"] = conv_steps(op, sp, 4 if _ctype(sp) == "float" else 8)
+        ctx["steps"], ctx["scratch"] = conv_steps(op, sp, 4 if _ctype(sp) == "float" else 8, relu)
     elif op.kind in ("maxpool2d", "maxpool2d_grad"):
         c, h, w = sh[op.inputs[0]]
         _, ho, wo = sh[op.output] if op.kind == "maxpool2d" else sh[op.inputs[1]]
@@ -343,12 +345,16 @@ def _phase_context(sp: Specialized, ph: Phase, fn_of) -> dict:
 
     roots = [{"var": f"t_{var(r)}", "off": ph.offsets[r], "bytes": ph.sizes[r], "tensor": r,
               "shape": sp.shapes[r]} for r in sorted(ph.offsets, key=lambda r: (ph.offsets[r], r))]
+    # a conv2d whose output only feeds an in-place relu applies that relu itself (one pass less)
+    fused = {i for i, op in enumerate(ph.ops[:-1]) if op.kind == "conv2d" and ph.ops[i + 1].kind == "relu"
+             and ph.ops[i + 1].inputs[0] == op.output and i + 1 in ph.inplace}
     calls = []
     for i, op in enumerate(ph.ops):
-        if i in ph.skip:
+        if i in ph.skip or i - 1 in fused:
             continue
-        calls.append({"fn": fn_of(op, ph.inplace.get(i)), "args": _call_args(op, ph, ptr),
-                      "what": f"{op.kind} {op.name} -> {op.output}"
+        relu = f" + relu {ph.ops[i + 1].output} in place" if i in fused else ""
+        calls.append({"fn": fn_of(op, ph.inplace.get(i), i in fused), "args": _call_args(op, ph, ptr),
+                      "what": f"{op.kind} {op.name} -> {op.output}{relu}"
                               + (f" (in place over {ph.inplace[i]})" if i in ph.inplace else "")})
     del esize
     return {"roots": roots, "calls": calls, "peak": ph.peak}
@@ -425,11 +431,11 @@ def files(sp: Specialized, testbench: bool = False) -> dict[str, str]:
     kernels: dict[str, dict] = {}
     order = {op.output: i for i, op in enumerate(sp.forward_ops + sp.backward_ops)}
 
-    def fn_of(op, inplace):
+    def fn_of(op, inplace, relu=False):
         idx = order[op.output]
-        fn = f"k{idx:02d}_{op.kind}_{var(op.name)}" + ("_inplace" if inplace else "")
+        fn = f"k{idx:02d}_{op.kind}_{var(op.name)}" + ("_inplace" if inplace else "") + ("_relu" if relu else "")
         if fn not in kernels:
-            k = kernel(op, sp, fn, inplace)
+            k = kernel(op, sp, fn, inplace, relu)
             k["params"] = _signature(op, inplace)
             k["what"] = f"{op.kind} {op.name}: {' , '.join(op.inputs)} -> {op.output}"
             kernels[fn] = k

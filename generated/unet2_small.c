@@ -39,9 +39,12 @@
 #endif
 #define NO_BIAS ((const float *)0)
 #define PAR_MIN 262144 /* multiply-adds below which a kernel runs on one thread (fork/join costs more) */
+#define PAR_MIN_ELEMS 32768 /* elements below which a memory-bound loop runs on one thread */
 #ifdef _OPENMP /* the loop nest runs on all threads when the local `par` is nonzero */
+#define PARALLEL_FOR1 _Pragma("omp parallel for schedule(static) if(par)")
 #define PARALLEL_FOR2 _Pragma("omp parallel for collapse(2) schedule(static) if(par)")
 #else
+#define PARALLEL_FOR1
 #define PARALLEL_FOR2
 #endif
 
@@ -49,16 +52,29 @@
 static void kernel_pad(int C, int H, int W, int q, const float *restrict src, float *restrict dst)
 {
     const int Hp = H + 2 * q, Wp = W + 2 * q;
-    memset(dst, 0, sizeof(float) * (size_t)C * Hp * Wp);
-    for (int c = 0; c < C; ++c)
-        for (int h = 0; h < H; ++h)
-            memcpy(dst + ((size_t)c * Hp + h + q) * Wp + q, src + ((size_t)c * H + h) * W, sizeof(float) * W);
+    const int par = (double)C * Hp * Wp > PAR_MIN_ELEMS;
+    (void)par;
+    PARALLEL_FOR1
+    for (int c = 0; c < C; ++c) {
+        float *restrict d = dst + (size_t)c * Hp * Wp;
+        memset(d, 0, sizeof(float) * (size_t)q * Wp);
+        for (int h = 0; h < H; ++h) {
+            float *restrict row = d + (size_t)(h + q) * Wp;
+            for (int i = 0; i < q; ++i)
+                row[i] = row[q + W + i] = 0;
+            memcpy(row + q, src + ((size_t)c * H + h) * W, sizeof(float) * W);
+        }
+        memset(d + (size_t)(H + q) * Wp, 0, sizeof(float) * (size_t)q * Wp);
+    }
 }
 
 /* cols (C*K*K, Ho, Wo): cols[(c, i, j)][a][b] = src[c][a*S + i - P][b*S + j - P], 0 outside */
 static void kernel_im2col(int C, int H, int W, int K, int S, int P, int Ho, int Wo,
                           const float *restrict src, float *restrict cols)
 {
+    const int par = (double)C * K * K * Ho * Wo > PAR_MIN_ELEMS;
+    (void)par;
+    PARALLEL_FOR1
     for (int c = 0; c < C; ++c)
         for (int i = 0; i < K; ++i)
             for (int j = 0; j < K; ++j) {
@@ -77,6 +93,9 @@ static void kernel_im2col(int C, int H, int W, int K, int S, int P, int Ho, int 
 static void kernel_col2im_add(int C, int H, int W, int K, int S, int P, int Hi, int Wi,
                               const float *restrict cols, float *restrict dst)
 {
+    const int par = (double)C * K * K * Hi * Wi > PAR_MIN_ELEMS;
+    (void)par;
+    PARALLEL_FOR1
     for (int c = 0; c < C; ++c)
         for (int i = 0; i < K; ++i)
             for (int j = 0; j < K; ++j) {
@@ -97,6 +116,9 @@ static void kernel_col2im_add(int C, int H, int W, int K, int S, int P, int Hi, 
 /* dst (C, HW) = bias[c] (or 0 when bias is NULL) */
 static void kernel_fill(int C, int HW, const float *restrict bias, float *restrict dst)
 {
+    const int par = (double)C * HW > PAR_MIN_ELEMS;
+    (void)par;
+    PARALLEL_FOR1
     for (int c = 0; c < C; ++c)
         for (int i = 0; i < HW; ++i)
             dst[(size_t)c * HW + i] = bias ? bias[c] : 0;
@@ -345,6 +367,9 @@ static void k02_conv2d_down1_2_relu(const float *restrict x, const float *restri
 /* maxpool2d pool: skip1 -> pooled */
 static void k04_maxpool2d_pool(const float *restrict in, float *restrict out)
 {
+    const int par = 768 > PAR_MIN_ELEMS;
+    (void)par;
+    PARALLEL_FOR1
     for (int c = 0; c < 4; ++c) {
         for (int oh = 0; oh < 8; ++oh) {
             float *restrict yr = out + (c * 8 + oh) * 6;
@@ -426,6 +451,9 @@ static void k16_conv2d_grad_weight_out1x1_weight(const float *restrict x, const 
 /* bias_grad out1x1.bias: grad_y -> d_out1x1.bias */
 static void k17_bias_grad_out1x1_bias(const float *restrict in, float *restrict out)
 {
+    const int par = 384 > PAR_MIN_ELEMS;
+    (void)par;
+    PARALLEL_FOR1
     for (int c = 0; c < 2; ++c)
         out[c] = unet2_small_sum(in + c * 192, 192);
 }
@@ -442,6 +470,9 @@ static void k18_conv2d_grad_input_out1x1(const float *restrict dy, const float *
 /* relu_grad u2: u2 , d_u2__out1x1 -> d_z6__u2 */
 static void k19_relu_grad_u2_inplace(const float *restrict s, float *restrict d)
 {
+    const int par = 768 > PAR_MIN_ELEMS;
+    (void)par;
+    PARALLEL_FOR1
     for (int i = 0; i < 768; ++i)
         d[i] = s[i] > 0 ? d[i] : 0;
 }
@@ -458,6 +489,9 @@ static void k20_conv2d_grad_weight_up1_2_weight(const float *restrict x, const f
 /* bias_grad up1_2.bias: d_z6__u2 -> d_up1_2.bias */
 static void k21_bias_grad_up1_2_bias(const float *restrict in, float *restrict out)
 {
+    const int par = 768 > PAR_MIN_ELEMS;
+    (void)par;
+    PARALLEL_FOR1
     for (int c = 0; c < 4; ++c)
         out[c] = unet2_small_sum(in + c * 192, 192);
 }
@@ -475,6 +509,9 @@ static void k22_conv2d_grad_input_up1_2(const float *restrict dy, const float *r
 /* relu_grad u1: u1 , d_u1__up1_2 -> d_z5__u1 */
 static void k23_relu_grad_u1_inplace(const float *restrict s, float *restrict d)
 {
+    const int par = 768 > PAR_MIN_ELEMS;
+    (void)par;
+    PARALLEL_FOR1
     for (int i = 0; i < 768; ++i)
         d[i] = s[i] > 0 ? d[i] : 0;
 }
@@ -491,6 +528,9 @@ static void k24_conv2d_grad_weight_up1_1_weight(const float *restrict x, const f
 /* bias_grad up1_1.bias: d_z5__u1 -> d_up1_1.bias */
 static void k25_bias_grad_up1_1_bias(const float *restrict in, float *restrict out)
 {
+    const int par = 768 > PAR_MIN_ELEMS;
+    (void)par;
+    PARALLEL_FOR1
     for (int c = 0; c < 4; ++c)
         out[c] = unet2_small_sum(in + c * 192, 192);
 }
@@ -516,6 +556,9 @@ static void k29_conv_transpose2d_grad_weight_upT_weight(const float *restrict x,
 /* bias_grad upT.bias: d_up__merged -> d_upT.bias */
 static void k30_bias_grad_upT_bias(const float *restrict in, float *restrict out)
 {
+    const int par = 768 > PAR_MIN_ELEMS;
+    (void)par;
+    PARALLEL_FOR1
     for (int c = 0; c < 4; ++c)
         out[c] = unet2_small_sum(in + c * 192, 192);
 }
@@ -533,6 +576,9 @@ static void k31_conv_transpose2d_grad_input_upT(const float *restrict dy, const 
 /* relu_grad bottleneck: bottleneck , d_bottleneck__upT -> d_z4__bottleneck */
 static void k32_relu_grad_bottleneck_inplace(const float *restrict s, float *restrict d)
 {
+    const int par = 384 > PAR_MIN_ELEMS;
+    (void)par;
+    PARALLEL_FOR1
     for (int i = 0; i < 384; ++i)
         d[i] = s[i] > 0 ? d[i] : 0;
 }
@@ -549,6 +595,9 @@ static void k33_conv2d_grad_weight_down2_2_weight(const float *restrict x, const
 /* bias_grad down2_2.bias: d_z4__bottleneck -> d_down2_2.bias */
 static void k34_bias_grad_down2_2_bias(const float *restrict in, float *restrict out)
 {
+    const int par = 384 > PAR_MIN_ELEMS;
+    (void)par;
+    PARALLEL_FOR1
     for (int c = 0; c < 8; ++c)
         out[c] = unet2_small_sum(in + c * 48, 48);
 }
@@ -566,6 +615,9 @@ static void k35_conv2d_grad_input_down2_2(const float *restrict dy, const float 
 /* relu_grad b1: b1 , d_b1__down2_2 -> d_z3__b1 */
 static void k36_relu_grad_b1_inplace(const float *restrict s, float *restrict d)
 {
+    const int par = 384 > PAR_MIN_ELEMS;
+    (void)par;
+    PARALLEL_FOR1
     for (int i = 0; i < 384; ++i)
         d[i] = s[i] > 0 ? d[i] : 0;
 }
@@ -582,6 +634,9 @@ static void k37_conv2d_grad_weight_down2_1_weight(const float *restrict x, const
 /* bias_grad down2_1.bias: d_z3__b1 -> d_down2_1.bias */
 static void k38_bias_grad_down2_1_bias(const float *restrict in, float *restrict out)
 {
+    const int par = 384 > PAR_MIN_ELEMS;
+    (void)par;
+    PARALLEL_FOR1
     for (int c = 0; c < 8; ++c)
         out[c] = unet2_small_sum(in + c * 48, 48);
 }
@@ -599,9 +654,12 @@ static void k39_conv2d_grad_input_down2_1(const float *restrict dy, const float 
 /* maxpool2d_grad pool: skip1 , d_pooled__down2_1 -> d_skip1__pool */
 static void k40_maxpool2d_grad_pool(const float *restrict a, const float *restrict bb, float *restrict out)
 {
-    for (int i = 0; i < 768; ++i)
-        out[i] = 0;
+    const int par = 768 > PAR_MIN_ELEMS;
+    (void)par;
+    PARALLEL_FOR1
     for (int c = 0; c < 4; ++c) {
+        for (int i = 0; i < 192; ++i)
+            out[c * 192 + i] = 0;
         for (int oh = 0; oh < 8; ++oh) {
             for (int ow = 0; ow < 6; ++ow) {
                 const int at = (c * 16 + oh * 2) * 12 + ow * 2;
@@ -624,6 +682,9 @@ static void k40_maxpool2d_grad_pool(const float *restrict a, const float *restri
 /* add d_skip1: d_skip1__merged , d_skip1__pool -> d_skip1 */
 static void k41_add_d_skip1_inplace(float *restrict acc, const float *restrict other)
 {
+    const int par = 768 > PAR_MIN_ELEMS;
+    (void)par;
+    PARALLEL_FOR1
     for (int i = 0; i < 768; ++i)
         acc[i] += other[i];
 }
@@ -632,6 +693,9 @@ static void k41_add_d_skip1_inplace(float *restrict acc, const float *restrict o
 /* relu_grad skip1: skip1 , d_skip1 -> d_z2__skip1 */
 static void k42_relu_grad_skip1_inplace(const float *restrict s, float *restrict d)
 {
+    const int par = 768 > PAR_MIN_ELEMS;
+    (void)par;
+    PARALLEL_FOR1
     for (int i = 0; i < 768; ++i)
         d[i] = s[i] > 0 ? d[i] : 0;
 }
@@ -648,6 +712,9 @@ static void k43_conv2d_grad_weight_down1_2_weight(const float *restrict x, const
 /* bias_grad down1_2.bias: d_z2__skip1 -> d_down1_2.bias */
 static void k44_bias_grad_down1_2_bias(const float *restrict in, float *restrict out)
 {
+    const int par = 768 > PAR_MIN_ELEMS;
+    (void)par;
+    PARALLEL_FOR1
     for (int c = 0; c < 4; ++c)
         out[c] = unet2_small_sum(in + c * 192, 192);
 }
@@ -665,6 +732,9 @@ static void k45_conv2d_grad_input_down1_2(const float *restrict dy, const float 
 /* relu_grad s1: s1 , d_s1__down1_2 -> d_z1__s1 */
 static void k46_relu_grad_s1_inplace(const float *restrict s, float *restrict d)
 {
+    const int par = 768 > PAR_MIN_ELEMS;
+    (void)par;
+    PARALLEL_FOR1
     for (int i = 0; i < 768; ++i)
         d[i] = s[i] > 0 ? d[i] : 0;
 }
@@ -681,6 +751,9 @@ static void k47_conv2d_grad_weight_down1_1_weight(const float *restrict x, const
 /* bias_grad down1_1.bias: d_z1__s1 -> d_down1_1.bias */
 static void k48_bias_grad_down1_1_bias(const float *restrict in, float *restrict out)
 {
+    const int par = 768 > PAR_MIN_ELEMS;
+    (void)par;
+    PARALLEL_FOR1
     for (int c = 0; c < 4; ++c)
         out[c] = unet2_small_sum(in + c * 192, 192);
 }

@@ -23,6 +23,8 @@ def parse_args(argv=None):
                          "(default: all cores = %(default)s)")
     ap.add_argument("--quick", action="store_true", help="a small matrix for smoke testing")
     ap.add_argument("--full", action="store_true", help="the full cross product of the matrix axes")
+    ap.add_argument("--rows", help="explicit configs base_c:size:in_c:dtype, comma-separated "
+                                   "(e.g. 64:128:3:float32,8:64:1:float32)")
     ap.add_argument("--reps", type=int, default=5,
                     help="minimum timed repeats per measurement (repeats continue until ~0.5 s; "
                          "default %(default)s)")
@@ -99,6 +101,17 @@ DEFAULT_ROWS = [
 ]
 QUICK_ROWS = [(8, 32, 1, "float32"), (16, 64, 3, "float32"), (8, 64, 1, "float64")]
 FULL_ROWS = [(b, s, c, d) for d in DTYPES for c in IN_C for b in BASE_C for s in SIZES]
+
+
+def parse_rows(text: str) -> list[tuple[int, int, int, str]]:
+    """'64:128:3:float32,8:64:1:float32' -> [(64, 128, 3, 'float32'), (8, 64, 1, 'float32')]."""
+    rows = []
+    for item in text.split(","):
+        parts = item.strip().split(":")
+        if len(parts) != 4 or parts[3] not in DTYPES or not all(p.isdigit() for p in parts[:3]):
+            sys.exit(f"run.py: error: --rows: {item!r} is not base_c:size:in_c:float32|float64")
+        rows.append((int(parts[0]), int(parts[1]), int(parts[2]), parts[3]))
+    return rows
 
 
 def make_config(base_c: int, size: int, in_c: int, dtype: str) -> Config:
@@ -626,7 +639,8 @@ def main(args) -> int:
     out = Path(args.out)
     gen_dir = out / "gen"
     gen_dir.mkdir(parents=True, exist_ok=True)
-    rows_spec = QUICK_ROWS if args.quick else FULL_ROWS if args.full else DEFAULT_ROWS
+    rows_spec = (parse_rows(args.rows) if args.rows else QUICK_ROWS if args.quick
+                 else FULL_ROWS if args.full else DEFAULT_ROWS)
     info = machine_info(args.threads)
     check0 = cpu_check(args.threads)
     print(f"unetc benchmark: {len(rows_spec)} configs, targets torch,{','.join(args.targets)}, "

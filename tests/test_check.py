@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from conftest import GEOMETRY_KEYS, random_geometry, spec_truth
+from conftest import random_geometry, spec_truth
 from unetc.checker import check
 from unetc.config import Config
 

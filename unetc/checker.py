@@ -7,10 +7,9 @@ an :class:`IntSet` (exact, not sampled) of the sizes on which the hypothesis hol
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from math import ceil, floor
-from typing import Any
 
 import sympy as sp
 
@@ -57,14 +56,13 @@ class Report:
     valid: dict[str, IntSet]
     layers: list[Layer]
     concrete: dict[str, int | None]
-    errors: list[str] = field(default_factory=list)
     workspace_bytes: int | None = None  # C target workspace, for concrete valid configs
 
     @property
     def ok(self) -> bool:
         bad = {"violated", "impossible"}
         return (not any(c.status in bad for c in self.constraints)
-                and not any(s.empty for s in self.valid.values()) and not self.errors)
+                and not any(s.empty for s in self.valid.values()))
 
 
 def _solve(eq: Equation, sym: sp.Symbol, reqs: list[Requirement]) -> IntSet:

@@ -49,10 +49,6 @@ class Graph:
         """All parameters in PARAM_SHAPES order (spec order), name -> shape."""
         return {k: v for op in self.ops for k, v in op.params().items()}
 
-    def producer(self, tensor: str) -> Op:
-        """The op whose output is ``tensor``."""
-        return next(op for op in self.ops if op.output == tensor)
-
     def verify(self) -> None:
         """Re-run every op's own check against the recorded shapes (raises ShapeError)."""
         for op in self.ops:

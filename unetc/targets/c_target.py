@@ -15,7 +15,6 @@ from ..specialize import Specialized, var
 from .numpy_target import init_bounds
 
 ALIGN = 64
-FWD_KINDS = ("conv2d", "conv_transpose2d", "maxpool2d", "relu", "concat")
 
 
 def _numel(shape) -> int:

@@ -101,6 +101,7 @@ def _check_params(params):
 # ---- kernels: vectorised over channels and pixels; loops only over kernel offsets ----
 
 _POOL = threading.local()
+_BITS = np.int32  # integer type of DTYPE's width
 
 
 def _buffer(tag, shape, dtype=DTYPE):
@@ -150,27 +151,76 @@ def _col2im(cols, c, hp, wp, k, s, ho, wo):
     return out
 
 
+# Stride 1: rows of width wp = wo + k - 1. With the padded input flattened per channel, every
+# kernel offset (i, j) sees one contiguous range (start i*wp + j) -- cheap copies and adds. The
+# last k - 1 columns of each row are junk: cropped on output, multiplied by zero columns of dy.
+
+def _rows(x, k, p):
+    """x (C, H, W) zero-padded by p and flattened to (C, hp*wp + k - 1), in a work array."""
+    c, h, w = x.shape
+    hp, wp = h + 2 * p, w + 2 * p
+    flat = _buffer("rows", (c, hp * wp + k - 1), x.dtype)
+    if p:
+        flat[:] = 0
+    else:
+        flat[:, hp * wp:] = 0
+    flat[:, :hp * wp].reshape(c, hp, wp)[:, p:p + h, p:p + w] = x
+    return flat
+
+
+def _im2col_s1(x, k, p, ho, tag="im2col"):
+    """(C*k*k, ho*wp) stride-1 columns of x (junk columns included), in the work array ``tag``."""
+    c, h, w = x.shape
+    wp = w + 2 * p
+    flat = _rows(x, k, p)
+    cols = _buffer(tag, (c, k, k, ho * wp), x.dtype)
+    for i in range(k):
+        for j in range(k):
+            cols[:, i, j] = flat[:, i * wp + j:i * wp + j + ho * wp]
+    return cols.reshape(c * k * k, ho * wp)
+
+
+def _widen(dy, wp):
+    """dy (O, ho, wo) -> (O, ho*wp) with zeros in the junk columns."""
+    o, ho, wo = dy.shape
+    out = _buffer("widen", (o, ho, wp), dy.dtype)
+    out[:, :, wo:] = 0
+    out[:, :, :wo] = dy
+    return out.reshape(o, ho * wp)
+
+
 def _conv2d(x, w, b, k, s, p, ho, wo, cache=None, key=None):
     """Convolution; with a cache dict, keeps the columns for _conv2d_grad_weight."""
-    if cache is None:
-        cols = _im2col(x, k, s, p, ho, wo)
-    else:
-        cols = cache[key] = _im2col(x, k, s, p, ho, wo, tag=key)
-    y = w.reshape(w.shape[0], -1) @ cols
-    y += b[:, None]
-    return y.reshape(w.shape[0], ho, wo)
+    tag = "im2col" if cache is None else key
+    cols = _im2col_s1(x, k, p, ho, tag) if s == 1 else _im2col(x, k, s, p, ho, wo, tag)
+    if cache is not None:
+        cache[key] = cols
+    y = (w.reshape(w.shape[0], -1) @ cols).reshape(w.shape[0], ho, -1)
+    return y[:, :, :wo] + b[:, None, None]
 
 
 def _conv2d_grad_weight(x, dy, k, s, p, cols=None):
     o, ho, wo = dy.shape
-    if cols is None:
-        cols = _im2col(x, k, s, p, ho, wo)
+    if s == 1:
+        cols = _im2col_s1(x, k, p, ho) if cols is None else cols
+        return (_widen(dy, wo + k - 1) @ cols.T).reshape(o, x.shape[0], k, k)
+    cols = _im2col(x, k, s, p, ho, wo) if cols is None else cols
     return (dy.reshape(o, -1) @ cols.T).reshape(o, x.shape[0], k, k)
 
 
 def _conv2d_grad_input(dy, w, k, s, p, in_shape):
     o, ho, wo = dy.shape
     c, h, ww = in_shape
+    if s == 1:
+        wp, hp = wo + k - 1, ho + k - 1
+        dcols = np.matmul(w.reshape(o, -1).T, _widen(dy, wp), out=_buffer("dcols", (c * k * k, ho * wp)))
+        dcols = dcols.reshape(c, k, k, ho * wp)
+        flat = _buffer("col2im", (c, hp * wp + k - 1))
+        flat.fill(0)
+        for i in range(k):
+            for j in range(k):
+                flat[:, i * wp + j:i * wp + j + ho * wp] += dcols[:, i, j]
+        return flat[:, :hp * wp].reshape(c, hp, wp)[:, p:p + h, p:p + ww].copy()
     dcols = np.matmul(w.reshape(o, -1).T, dy.reshape(o, -1), out=_buffer("dcols", (c * k * k, ho * wo)))
     dxp = _col2im(dcols, c, h + 2 * p, ww + 2 * p, k, s, ho, wo)
     return dxp[:, p:p + h, p:p + ww].copy()
@@ -192,6 +242,14 @@ def _conv_transpose2d_grad_input(dy, w, k, s, p, d, e):
 def _conv_transpose2d_grad_weight(x, dy, k, s, p):
     ci, d, e = x.shape
     return (x.reshape(ci, -1) @ _im2col(dy, k, s, p, d, e).T).reshape(ci, dy.shape[0], k, k)
+
+
+def _relu_grad(s, dy):
+    """dy where s = relu(z) > 0 (exactly where z > 0), +0.0 elsewhere even for NaN/inf dy:
+    a bit mask instead of np.where, which branches per element and is ~10x slower."""
+    keep = (s > 0).astype(_BITS)
+    np.negative(keep, out=keep)  # 0 or all ones
+    return np.bitwise_and(dy.view(_BITS), keep).view(DTYPE)
 
 
 def _scatter_windows(choice, dy, shape, k, s):
@@ -268,11 +326,11 @@ def backward(params, x, grad_output):
     d_out1x1_weight = _conv2d_grad_weight(u2, grad_y, 1, 1, 0, cols.pop("out1x1"))
     d_out1x1_bias = grad_y.sum(axis=(1, 2))
     d_u2__out1x1 = _conv2d_grad_input(grad_y, p["out1x1.weight"], 1, 1, 0, (4, 16, 12))
-    d_z6__u2 = np.where(u2 > 0, d_u2__out1x1, 0)
+    d_z6__u2 = _relu_grad(u2, d_u2__out1x1)
     d_up1_2_weight = _conv2d_grad_weight(u1, d_z6__u2, 3, 1, 1, cols.pop("up1_2"))
     d_up1_2_bias = d_z6__u2.sum(axis=(1, 2))
     d_u1__up1_2 = _conv2d_grad_input(d_z6__u2, p["up1_2.weight"], 3, 1, 1, (4, 16, 12))
-    d_z5__u1 = np.where(u1 > 0, d_u1__up1_2, 0)
+    d_z5__u1 = _relu_grad(u1, d_u1__up1_2)
     d_up1_1_weight = _conv2d_grad_weight(merged, d_z5__u1, 3, 1, 1, cols.pop("up1_1"))
     d_up1_1_bias = d_z5__u1.sum(axis=(1, 2))
     d_merged__up1_1 = _conv2d_grad_input(d_z5__u1, p["up1_1.weight"], 3, 1, 1, (8, 16, 12))
@@ -281,21 +339,21 @@ def backward(params, x, grad_output):
     d_upT_weight = _conv_transpose2d_grad_weight(bottleneck, d_up__merged, 2, 2, 0)
     d_upT_bias = d_up__merged.sum(axis=(1, 2))
     d_bottleneck__upT = _conv_transpose2d_grad_input(d_up__merged, p["upT.weight"], 2, 2, 0, 8, 6)
-    d_z4__bottleneck = np.where(bottleneck > 0, d_bottleneck__upT, 0)
+    d_z4__bottleneck = _relu_grad(bottleneck, d_bottleneck__upT)
     d_down2_2_weight = _conv2d_grad_weight(b1, d_z4__bottleneck, 3, 1, 1, cols.pop("down2_2"))
     d_down2_2_bias = d_z4__bottleneck.sum(axis=(1, 2))
     d_b1__down2_2 = _conv2d_grad_input(d_z4__bottleneck, p["down2_2.weight"], 3, 1, 1, (8, 8, 6))
-    d_z3__b1 = np.where(b1 > 0, d_b1__down2_2, 0)
+    d_z3__b1 = _relu_grad(b1, d_b1__down2_2)
     d_down2_1_weight = _conv2d_grad_weight(pooled, d_z3__b1, 3, 1, 1, cols.pop("down2_1"))
     d_down2_1_bias = d_z3__b1.sum(axis=(1, 2))
     d_pooled__down2_1 = _conv2d_grad_input(d_z3__b1, p["down2_1.weight"], 3, 1, 1, (4, 8, 6))
     d_skip1__pool = _maxpool2d_grad_pytorch(skip1, d_pooled__down2_1, 2, 2)
     d_skip1 = d_skip1__merged + d_skip1__pool
-    d_z2__skip1 = np.where(skip1 > 0, d_skip1, 0)
+    d_z2__skip1 = _relu_grad(skip1, d_skip1)
     d_down1_2_weight = _conv2d_grad_weight(s1, d_z2__skip1, 3, 1, 1, cols.pop("down1_2"))
     d_down1_2_bias = d_z2__skip1.sum(axis=(1, 2))
     d_s1__down1_2 = _conv2d_grad_input(d_z2__skip1, p["down1_2.weight"], 3, 1, 1, (4, 16, 12))
-    d_z1__s1 = np.where(s1 > 0, d_s1__down1_2, 0)
+    d_z1__s1 = _relu_grad(s1, d_s1__down1_2)
     d_down1_1_weight = _conv2d_grad_weight(x, d_z1__s1, 3, 1, 1, cols.pop("down1_1"))
     d_down1_1_bias = d_z1__s1.sum(axis=(1, 2))
     d_x__down1_1 = _conv2d_grad_input(d_z1__s1, p["down1_1.weight"], 3, 1, 1, (1, 16, 12))

@@ -216,10 +216,12 @@ def _conv2d_grad_input(dy, w, k, s, p, in_shape):
         dcols = np.matmul(w.reshape(o, -1).T, _widen(dy, wp), out=_buffer("dcols", (c * k * k, ho * wp)))
         dcols = dcols.reshape(c, k, k, ho * wp)
         flat = _buffer("col2im", (c, hp * wp + k - 1))
-        flat.fill(0)
+        flat[:, :ho * wp] = dcols[:, 0, 0]  # offset (0, 0) starts the sum: no zero-fill pass
+        flat[:, ho * wp:] = 0
         for i in range(k):
             for j in range(k):
-                flat[:, i * wp + j:i * wp + j + ho * wp] += dcols[:, i, j]
+                if i or j:
+                    flat[:, i * wp + j:i * wp + j + ho * wp] += dcols[:, i, j]
         return flat[:, :hp * wp].reshape(c, hp, wp)[:, p:p + h, p:p + ww].copy()
     dcols = np.matmul(w.reshape(o, -1).T, dy.reshape(o, -1), out=_buffer("dcols", (c * k * k, ho * wo)))
     dxp = _col2im(dcols, c, h + 2 * p, ww + 2 * p, k, s, ho, wo)

@@ -152,6 +152,22 @@ def test_sanitizer_builds_run_clean(tmp_path):
             assert "runtime error" not in r.stderr and "ERROR: AddressSanitizer" not in r.stderr, r.stderr
 
 
+def test_clang_strict_warnings_and_testbench_pass(tmp_path):
+    """The same strict build with clang (installed by .ci/run where the machine lacks it)."""
+    clang = shutil.which("clang")
+    if clang is None:
+        pytest.skip("clang is not installed")
+    cfg = load(EXAMPLES / "small.yaml")
+    paths = emit(cfg, "c", tmp_path, testbench=True)
+    for variant in ([], ["-march=native"], ["-DUNETC_PORTABLE"]):
+        exe = tmp_path / "tb_clang"
+        p = subprocess.run([clang, "-std=c99", "-O2", "-Wall", "-Wextra", "-Wpedantic", "-Werror", *variant,
+                            *[str(x) for x in paths if x.suffix == ".c"], "-o", str(exe)], capture_output=True, text=True)
+        assert p.returncode == 0, (variant, p.stderr)
+        r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and r.stdout.startswith("PASS"), (variant, r.stdout)
+
+
 @pytest.mark.parametrize("variant", [[], ["-march=native", "-fopenmp"], ["-DUNETC_PORTABLE"]])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_strict_warnings_and_testbench_pass(dtype, variant, tmp_path):

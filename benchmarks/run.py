@@ -608,9 +608,9 @@ def plot(rows: list[Row], targets: list[str], out: Path, info: dict[str, str]) -
             if not pts:
                 continue
             col = colors[(t, mode)]
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], "-", color=col, alpha=0.35, lw=1)
             for dtype, face in (("float32", col), ("float64", "none")):
-                sel = [p for p in pts if p[2] == dtype]
+                sel = [p for p in pts if p[2] == dtype]  # one line per dtype, in FLOP order
+                ax.plot([p[0] for p in sel], [p[1] for p in sel], "-", color=col, alpha=0.35, lw=1)
                 ax.scatter([p[0] for p in sel], [p[1] for p in sel], marker="o", s=36,
                            facecolors=face, edgecolors=col)
             ax.plot([], [], "o-", color=col, label=f"{t} {name}")

@@ -181,11 +181,14 @@ def _im2col_s1(x, k, p, ho, tag="im2col"):
 
 
 def _widen(dy, wp):
-    """dy (O, ho, wo) -> (O, ho*wp) with zeros in the junk columns."""
+    """dy (O, ho, wo) -> (O, ho*wp) with zeros in the junk columns. The weight and the input
+    gradient of a layer widen the same dy one after the other: the second call reuses the first."""
     o, ho, wo = dy.shape
     out = _buffer("widen", (o, ho, wp), dy.dtype)
-    out[:, :, wo:] = 0
-    out[:, :, :wo] = dy
+    if _POOL.__dict__.get("widened") is not dy:
+        out[:, :, wo:] = 0
+        out[:, :, :wo] = dy
+        _POOL.widened = dy
     return out.reshape(o, ho * wp)
 
 
@@ -324,6 +327,7 @@ def backward(params, x, grad_output):
     p = params
     grad_y = grad_output
     cols = {}
+    _POOL.widened = None  # _widen's memo never outlives one call (the caller may reuse grad_output)
     _, (s1, skip1, pooled, b1, bottleneck, merged, u1, u2,) = _forward(p, x, cols)
     d_out1x1_weight = _conv2d_grad_weight(u2, grad_y, 1, 1, 0, cols.pop("out1x1"))
     d_out1x1_bias = grad_y.sum(axis=(1, 2))

@@ -219,3 +219,10 @@ def test_results_survive_later_calls(case, tmp_path):
     assert np.array_equal(y1, saved[0]) and np.array_equal(gx1, saved[2])
     assert all(np.array_equal(g1[k], saved[1][k]) for k in g1)
     assert np.array_equal(mod.forward(params, x), y1)
+    # the same grad_output array, changed in place between calls, is read afresh
+    gy_buf = gy.copy()
+    mod.backward(params, x, gy_buf)
+    gy_buf[...] = gy2
+    g3, gx3 = mod.backward(params, x, gy_buf)
+    g4, gx4 = mod.backward(params, x, gy2.copy())
+    assert np.array_equal(gx3, gx4) and all(np.array_equal(g3[k], g4[k]) for k in g3)

@@ -101,7 +101,6 @@ def _check_params(params):
 # ---- kernels: vectorised over channels and pixels; loops only over kernel offsets ----
 
 _POOL = threading.local()
-_BITS = np.int32  # integer type of DTYPE's width
 
 
 def _buffer(tag, shape, dtype=DTYPE):
@@ -252,9 +251,10 @@ def _conv_transpose2d_grad_weight(x, dy, k, s, p):
 def _masked(dy, keep):
     """dy where the boolean array keep is True, +0.0 elsewhere even for NaN/inf dy: a bit mask
     instead of np.where, which branches per element and is ~10x slower."""
-    bits = keep.astype(_BITS)
+    itype = np.dtype(f"i{dy.dtype.itemsize}")  # the integer type of dy's width
+    bits = keep.astype(itype)
     np.negative(bits, out=bits)  # 0 or all ones
-    return np.bitwise_and(dy.view(_BITS), bits).view(DTYPE)
+    return np.bitwise_and(dy.view(itype), bits).view(dy.dtype)
 
 
 def _relu_grad(s, dy):

@@ -191,14 +191,20 @@ def _widen(dy, wp):
     return out.reshape(o, ho * wp)
 
 
-def _conv2d(x, w, b, k, s, p, ho, wo, cache=None, key=None):
+def _result(work, shape):
+    """The array an op writes its output into: the work array ``work``, or a fresh one (None)."""
+    return np.empty(shape, DTYPE) if work is None else _buffer("out:" + work, shape)
+
+
+def _conv2d(x, w, b, k, s, p, ho, wo, cache=None, key=None, work=None):
     """Convolution; with a cache dict, keeps the columns for _conv2d_grad_weight."""
     tag = "im2col" if cache is None else key
     cols = _im2col_s1(x, k, p, ho, tag) if s == 1 else _im2col(x, k, s, p, ho, wo, tag)
     if cache is not None:
         cache[key] = cols
-    y = (w.reshape(w.shape[0], -1) @ cols).reshape(w.shape[0], ho, -1)
-    return y[:, :, :wo] + b[:, None, None]
+    o = w.shape[0]
+    y = np.matmul(w.reshape(o, -1), cols, out=_buffer("matmul", (o, cols.shape[1])))
+    return np.add(y.reshape(o, ho, -1)[:, :, :wo], b[:, None, None], out=_result(work, (o, ho, wo)))
 
 
 def _conv2d_grad_weight(x, dy, k, s, p, cols=None):
@@ -210,7 +216,7 @@ def _conv2d_grad_weight(x, dy, k, s, p, cols=None):
     return (dy.reshape(o, -1) @ cols.T).reshape(o, x.shape[0], k, k)
 
 
-def _conv2d_grad_input(dy, w, k, s, p, in_shape):
+def _conv2d_grad_input(dy, w, k, s, p, in_shape, work=None):
     o, ho, wo = dy.shape
     c, h, ww = in_shape
     if s == 1:
@@ -224,10 +230,14 @@ def _conv2d_grad_input(dy, w, k, s, p, in_shape):
             for j in range(k):
                 if i or j:
                     flat[:, i * wp + j:i * wp + j + ho * wp] += dcols[:, i, j]
-        return flat[:, :hp * wp].reshape(c, hp, wp)[:, p:p + h, p:p + ww].copy()
+        dx = _result(work, (c, h, ww))
+        np.copyto(dx, flat[:, :hp * wp].reshape(c, hp, wp)[:, p:p + h, p:p + ww])
+        return dx
     dcols = np.matmul(w.reshape(o, -1).T, dy.reshape(o, -1), out=_buffer("dcols", (c * k * k, ho * wo)))
     dxp = _col2im(dcols, c, h + 2 * p, ww + 2 * p, k, s, ho, wo)
-    return dxp[:, p:p + h, p:p + ww].copy()
+    dx = _result(work, (c, h, ww))
+    np.copyto(dx, dxp[:, p:p + h, p:p + ww])
+    return dx
 
 
 def _conv_transpose2d(x, w, b, k, s, p, uo, vo):
@@ -297,22 +307,22 @@ def _maxpool2d_grad_spec(x, dy, k, s):
 def _forward(p, x, cache=None):
     """Forward pass; returns y and the intermediates the backward pass reads (and, with a
     cache dict, each convolution's input columns)."""
-    z1 = _conv2d(x, p["down1_1.weight"], p["down1_1.bias"], 3, 1, 1, 16, 12, cache, "down1_1")
+    z1 = _conv2d(x, p["down1_1.weight"], p["down1_1.bias"], 3, 1, 1, 16, 12, cache, "down1_1", 'z1')
     s1 = np.maximum(z1, 0, out=z1)
-    z2 = _conv2d(s1, p["down1_2.weight"], p["down1_2.bias"], 3, 1, 1, 16, 12, cache, "down1_2")
+    z2 = _conv2d(s1, p["down1_2.weight"], p["down1_2.bias"], 3, 1, 1, 16, 12, cache, "down1_2", 'z2')
     skip1 = np.maximum(z2, 0, out=z2)
     pooled = _windows(skip1, 2, 2, 8, 6).max(axis=0)
-    z3 = _conv2d(pooled, p["down2_1.weight"], p["down2_1.bias"], 3, 1, 1, 8, 6, cache, "down2_1")
+    z3 = _conv2d(pooled, p["down2_1.weight"], p["down2_1.bias"], 3, 1, 1, 8, 6, cache, "down2_1", 'z3')
     b1 = np.maximum(z3, 0, out=z3)
-    z4 = _conv2d(b1, p["down2_2.weight"], p["down2_2.bias"], 3, 1, 1, 8, 6, cache, "down2_2")
+    z4 = _conv2d(b1, p["down2_2.weight"], p["down2_2.bias"], 3, 1, 1, 8, 6, cache, "down2_2", 'z4')
     bottleneck = np.maximum(z4, 0, out=z4)
     up = _conv_transpose2d(bottleneck, p["upT.weight"], p["upT.bias"], 2, 2, 0, 16, 12)
     merged = np.concatenate((skip1, up), axis=0)
-    z5 = _conv2d(merged, p["up1_1.weight"], p["up1_1.bias"], 3, 1, 1, 16, 12, cache, "up1_1")
+    z5 = _conv2d(merged, p["up1_1.weight"], p["up1_1.bias"], 3, 1, 1, 16, 12, cache, "up1_1", 'z5')
     u1 = np.maximum(z5, 0, out=z5)
-    z6 = _conv2d(u1, p["up1_2.weight"], p["up1_2.bias"], 3, 1, 1, 16, 12, cache, "up1_2")
+    z6 = _conv2d(u1, p["up1_2.weight"], p["up1_2.bias"], 3, 1, 1, 16, 12, cache, "up1_2", 'z6')
     u2 = np.maximum(z6, 0, out=z6)
-    y = _conv2d(u2, p["out1x1.weight"], p["out1x1.bias"], 1, 1, 0, 16, 12, cache, "out1x1")
+    y = _conv2d(u2, p["out1x1.weight"], p["out1x1.bias"], 1, 1, 0, 16, 12, cache, "out1x1", None)
     return y, (s1, skip1, pooled, b1, bottleneck, merged, u1, u2,)
 
 
@@ -336,15 +346,15 @@ def backward(params, x, grad_output):
     _, (s1, skip1, pooled, b1, bottleneck, merged, u1, u2,) = _forward(p, x, cols)
     d_out1x1_weight = _conv2d_grad_weight(u2, grad_y, 1, 1, 0, cols.pop("out1x1"))
     d_out1x1_bias = grad_y.sum(axis=(1, 2))
-    d_u2__out1x1 = _conv2d_grad_input(grad_y, p["out1x1.weight"], 1, 1, 0, (4, 16, 12))
+    d_u2__out1x1 = _conv2d_grad_input(grad_y, p["out1x1.weight"], 1, 1, 0, (4, 16, 12), 'd_u2__out1x1')
     d_z6__u2 = _relu_grad(u2, d_u2__out1x1)
     d_up1_2_weight = _conv2d_grad_weight(u1, d_z6__u2, 3, 1, 1, cols.pop("up1_2"))
     d_up1_2_bias = d_z6__u2.sum(axis=(1, 2))
-    d_u1__up1_2 = _conv2d_grad_input(d_z6__u2, p["up1_2.weight"], 3, 1, 1, (4, 16, 12))
+    d_u1__up1_2 = _conv2d_grad_input(d_z6__u2, p["up1_2.weight"], 3, 1, 1, (4, 16, 12), 'd_u1__up1_2')
     d_z5__u1 = _relu_grad(u1, d_u1__up1_2)
     d_up1_1_weight = _conv2d_grad_weight(merged, d_z5__u1, 3, 1, 1, cols.pop("up1_1"))
     d_up1_1_bias = d_z5__u1.sum(axis=(1, 2))
-    d_merged__up1_1 = _conv2d_grad_input(d_z5__u1, p["up1_1.weight"], 3, 1, 1, (8, 16, 12))
+    d_merged__up1_1 = _conv2d_grad_input(d_z5__u1, p["up1_1.weight"], 3, 1, 1, (8, 16, 12), 'd_merged__up1_1')
     d_skip1__merged = d_merged__up1_1[0:4]
     d_up__merged = d_merged__up1_1[4:8]
     d_upT_weight = _conv_transpose2d_grad_weight(bottleneck, d_up__merged, 2, 2, 0)
@@ -353,21 +363,21 @@ def backward(params, x, grad_output):
     d_z4__bottleneck = _relu_grad(bottleneck, d_bottleneck__upT)
     d_down2_2_weight = _conv2d_grad_weight(b1, d_z4__bottleneck, 3, 1, 1, cols.pop("down2_2"))
     d_down2_2_bias = d_z4__bottleneck.sum(axis=(1, 2))
-    d_b1__down2_2 = _conv2d_grad_input(d_z4__bottleneck, p["down2_2.weight"], 3, 1, 1, (8, 8, 6))
+    d_b1__down2_2 = _conv2d_grad_input(d_z4__bottleneck, p["down2_2.weight"], 3, 1, 1, (8, 8, 6), 'd_b1__down2_2')
     d_z3__b1 = _relu_grad(b1, d_b1__down2_2)
     d_down2_1_weight = _conv2d_grad_weight(pooled, d_z3__b1, 3, 1, 1, cols.pop("down2_1"))
     d_down2_1_bias = d_z3__b1.sum(axis=(1, 2))
-    d_pooled__down2_1 = _conv2d_grad_input(d_z3__b1, p["down2_1.weight"], 3, 1, 1, (4, 8, 6))
+    d_pooled__down2_1 = _conv2d_grad_input(d_z3__b1, p["down2_1.weight"], 3, 1, 1, (4, 8, 6), 'd_pooled__down2_1')
     d_skip1__pool = _maxpool2d_grad_pytorch(skip1, d_pooled__down2_1, 2, 2)
     d_skip1 = d_skip1__merged + d_skip1__pool
     d_z2__skip1 = _relu_grad(skip1, d_skip1)
     d_down1_2_weight = _conv2d_grad_weight(s1, d_z2__skip1, 3, 1, 1, cols.pop("down1_2"))
     d_down1_2_bias = d_z2__skip1.sum(axis=(1, 2))
-    d_s1__down1_2 = _conv2d_grad_input(d_z2__skip1, p["down1_2.weight"], 3, 1, 1, (4, 16, 12))
+    d_s1__down1_2 = _conv2d_grad_input(d_z2__skip1, p["down1_2.weight"], 3, 1, 1, (4, 16, 12), 'd_s1__down1_2')
     d_z1__s1 = _relu_grad(s1, d_s1__down1_2)
     d_down1_1_weight = _conv2d_grad_weight(x, d_z1__s1, 3, 1, 1, cols.pop("down1_1"))
     d_down1_1_bias = d_z1__s1.sum(axis=(1, 2))
-    d_x__down1_1 = _conv2d_grad_input(d_z1__s1, p["down1_1.weight"], 3, 1, 1, (1, 16, 12))
+    d_x__down1_1 = _conv2d_grad_input(d_z1__s1, p["down1_1.weight"], 3, 1, 1, (1, 16, 12), None)
     grads = {
         "down1_1.weight": d_down1_1_weight,
         "down1_1.bias": d_down1_1_bias,

@@ -19,14 +19,23 @@ def init_bounds(sp: Specialized) -> dict[str, str]:
     return {p: repr(init_bound(sp.params[p.rsplit(".", 1)[0] + ".weight"])) for p in sp.params}
 
 
+def _context(op, sp: Specialized) -> dict:
+    """op_context plus ``work``: Python source text naming the reusable work array for the op's
+    output, or None when the output goes to the caller (y, grad_x, gradients) and must be fresh."""
+    ctx = op_context(op, sp)
+    returned = {"y", sp.backward.grad_x, *sp.backward.param_grads.values()}
+    ctx["work"] = "None" if op.output in returned else repr(op.output)  # Python source text
+    return ctx
+
+
 def files(sp: Specialized, testbench: bool = False) -> dict[str, str]:
     cfg = sp.config
     bounds = init_bounds(sp)
     saved = [t for t in sp.backward.saved() if t != "x"]
     text = render("numpy.py.j2", banner=banner(cfg, "#"), cfg=cfg, params=sp.params, bounds=bounds,
                   in_shape=sp.in_shape, out_shape=sp.out_shape,
-                  forward=[op_context(op, sp) for op in sp.forward_ops],
-                  backward=[op_context(op, sp) for op in sp.backward_ops],
+                  forward=[_context(op, sp) for op in sp.forward_ops],
+                  backward=[_context(op, sp) for op in sp.backward_ops],
                   saved=[var(t) for t in saved],
                   grads={p: var(t) for p, t in sp.backward.param_grads.items()},
                   grad_x=var(sp.backward.grad_x))

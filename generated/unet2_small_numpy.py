@@ -116,7 +116,7 @@ def _buffer(tag, shape, dtype=DTYPE):
 def _windows(x, k, s, ho, wo):
     """(C, H, W) -> (k*k, C, ho, wo): for each kernel offset, the strided view it sees."""
     return np.stack([x[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s]
-                     for i in range(k) for j in range(k)])
+                     for i in range(k) for j in range(k)], out=_buffer("windows", (k * k, x.shape[0], ho, wo)))
 
 
 def _im2col(x, k, s, p, ho, wo, tag="im2col"):
@@ -240,12 +240,12 @@ def _conv2d_grad_input(dy, w, k, s, p, in_shape, work=None):
     return dx
 
 
-def _conv_transpose2d(x, w, b, k, s, p, uo, vo):
+def _conv_transpose2d(x, w, b, k, s, p, uo, vo, work=None):
     ci, d, e = x.shape
     co = w.shape[1]
     cols = np.matmul(w.reshape(ci, -1).T, x.reshape(ci, -1), out=_buffer("dcols", (co * k * k, d * e)))
     full = _col2im(cols, co, (d - 1) * s + k, (e - 1) * s + k, k, s, d, e)
-    return full[:, p:p + uo, p:p + vo] + b[:, None, None]
+    return np.add(full[:, p:p + uo, p:p + vo], b[:, None, None], out=_result(work, (co, uo, vo)))
 
 
 def _conv_transpose2d_grad_input(dy, w, k, s, p, d, e):
@@ -258,18 +258,16 @@ def _conv_transpose2d_grad_weight(x, dy, k, s, p):
     return (x.reshape(ci, -1) @ _im2col(dy, k, s, p, d, e).T).reshape(ci, dy.shape[0], k, k)
 
 
-def _masked(dy, keep):
-    """dy where the boolean array keep is True, +0.0 elsewhere even for NaN/inf dy: a bit mask
-    instead of np.where, which branches per element and is ~10x slower."""
+def _masked(dy, keep, out=None):
+    """dy where the boolean array keep is True, +0.0 elsewhere even for NaN/inf dy (into out if
+    given): a bit mask instead of np.where, which branches per element and is ~10x slower."""
     itype = np.dtype(f"i{dy.dtype.itemsize}")  # the integer type of dy's width
     bits = keep.astype(itype)
     np.negative(bits, out=bits)  # 0 or all ones
-    return np.bitwise_and(dy.view(itype), bits).view(dy.dtype)
-
-
-def _relu_grad(s, dy):
-    """dy where s = relu(z) > 0, i.e. exactly where z > 0."""
-    return _masked(dy, s > 0)
+    if out is None:
+        return np.bitwise_and(dy.view(itype), bits).view(dy.dtype)
+    np.bitwise_and(dy.view(itype), bits, out=out.view(itype))
+    return out
 
 
 def _scatter_windows(choice, dy, shape, k, s):
@@ -311,13 +309,13 @@ def _forward(p, x, cache=None):
     s1 = np.maximum(z1, 0, out=z1)
     z2 = _conv2d(s1, p["down1_2.weight"], p["down1_2.bias"], 3, 1, 1, 16, 12, cache, "down1_2", 'z2')
     skip1 = np.maximum(z2, 0, out=z2)
-    pooled = _windows(skip1, 2, 2, 8, 6).max(axis=0)
+    pooled = _windows(skip1, 2, 2, 8, 6).max(axis=0, out=_result('pooled', (4, 8, 6)))
     z3 = _conv2d(pooled, p["down2_1.weight"], p["down2_1.bias"], 3, 1, 1, 8, 6, cache, "down2_1", 'z3')
     b1 = np.maximum(z3, 0, out=z3)
     z4 = _conv2d(b1, p["down2_2.weight"], p["down2_2.bias"], 3, 1, 1, 8, 6, cache, "down2_2", 'z4')
     bottleneck = np.maximum(z4, 0, out=z4)
-    up = _conv_transpose2d(bottleneck, p["upT.weight"], p["upT.bias"], 2, 2, 0, 16, 12)
-    merged = np.concatenate((skip1, up), axis=0)
+    up = _conv_transpose2d(bottleneck, p["upT.weight"], p["upT.bias"], 2, 2, 0, 16, 12, 'up')
+    merged = np.concatenate((skip1, up), axis=0, out=_result('merged', (8, 16, 12)))
     z5 = _conv2d(merged, p["up1_1.weight"], p["up1_1.bias"], 3, 1, 1, 16, 12, cache, "up1_1", 'z5')
     u1 = np.maximum(z5, 0, out=z5)
     z6 = _conv2d(u1, p["up1_2.weight"], p["up1_2.bias"], 3, 1, 1, 16, 12, cache, "up1_2", 'z6')
@@ -347,11 +345,11 @@ def backward(params, x, grad_output):
     d_out1x1_weight = _conv2d_grad_weight(u2, grad_y, 1, 1, 0, cols.pop("out1x1"))
     d_out1x1_bias = grad_y.sum(axis=(1, 2))
     d_u2__out1x1 = _conv2d_grad_input(grad_y, p["out1x1.weight"], 1, 1, 0, (4, 16, 12), 'd_u2__out1x1')
-    d_z6__u2 = _relu_grad(u2, d_u2__out1x1)
+    d_z6__u2 = _masked(d_u2__out1x1, u2 > 0, _result('d_z6__u2', (4, 16, 12)))
     d_up1_2_weight = _conv2d_grad_weight(u1, d_z6__u2, 3, 1, 1, cols.pop("up1_2"))
     d_up1_2_bias = d_z6__u2.sum(axis=(1, 2))
     d_u1__up1_2 = _conv2d_grad_input(d_z6__u2, p["up1_2.weight"], 3, 1, 1, (4, 16, 12), 'd_u1__up1_2')
-    d_z5__u1 = _relu_grad(u1, d_u1__up1_2)
+    d_z5__u1 = _masked(d_u1__up1_2, u1 > 0, _result('d_z5__u1', (4, 16, 12)))
     d_up1_1_weight = _conv2d_grad_weight(merged, d_z5__u1, 3, 1, 1, cols.pop("up1_1"))
     d_up1_1_bias = d_z5__u1.sum(axis=(1, 2))
     d_merged__up1_1 = _conv2d_grad_input(d_z5__u1, p["up1_1.weight"], 3, 1, 1, (8, 16, 12), 'd_merged__up1_1')
@@ -360,21 +358,21 @@ def backward(params, x, grad_output):
     d_upT_weight = _conv_transpose2d_grad_weight(bottleneck, d_up__merged, 2, 2, 0)
     d_upT_bias = d_up__merged.sum(axis=(1, 2))
     d_bottleneck__upT = _conv_transpose2d_grad_input(d_up__merged, p["upT.weight"], 2, 2, 0, 8, 6)
-    d_z4__bottleneck = _relu_grad(bottleneck, d_bottleneck__upT)
+    d_z4__bottleneck = _masked(d_bottleneck__upT, bottleneck > 0, _result('d_z4__bottleneck', (8, 8, 6)))
     d_down2_2_weight = _conv2d_grad_weight(b1, d_z4__bottleneck, 3, 1, 1, cols.pop("down2_2"))
     d_down2_2_bias = d_z4__bottleneck.sum(axis=(1, 2))
     d_b1__down2_2 = _conv2d_grad_input(d_z4__bottleneck, p["down2_2.weight"], 3, 1, 1, (8, 8, 6), 'd_b1__down2_2')
-    d_z3__b1 = _relu_grad(b1, d_b1__down2_2)
+    d_z3__b1 = _masked(d_b1__down2_2, b1 > 0, _result('d_z3__b1', (8, 8, 6)))
     d_down2_1_weight = _conv2d_grad_weight(pooled, d_z3__b1, 3, 1, 1, cols.pop("down2_1"))
     d_down2_1_bias = d_z3__b1.sum(axis=(1, 2))
     d_pooled__down2_1 = _conv2d_grad_input(d_z3__b1, p["down2_1.weight"], 3, 1, 1, (4, 8, 6), 'd_pooled__down2_1')
     d_skip1__pool = _maxpool2d_grad_pytorch(skip1, d_pooled__down2_1, 2, 2)
-    d_skip1 = d_skip1__merged + d_skip1__pool
-    d_z2__skip1 = _relu_grad(skip1, d_skip1)
+    d_skip1 = np.add(d_skip1__merged, d_skip1__pool, out=_result('d_skip1', (4, 16, 12)))
+    d_z2__skip1 = _masked(d_skip1, skip1 > 0, _result('d_z2__skip1', (4, 16, 12)))
     d_down1_2_weight = _conv2d_grad_weight(s1, d_z2__skip1, 3, 1, 1, cols.pop("down1_2"))
     d_down1_2_bias = d_z2__skip1.sum(axis=(1, 2))
     d_s1__down1_2 = _conv2d_grad_input(d_z2__skip1, p["down1_2.weight"], 3, 1, 1, (4, 16, 12), 'd_s1__down1_2')
-    d_z1__s1 = _relu_grad(s1, d_s1__down1_2)
+    d_z1__s1 = _masked(d_s1__down1_2, s1 > 0, _result('d_z1__s1', (4, 16, 12)))
     d_down1_1_weight = _conv2d_grad_weight(x, d_z1__s1, 3, 1, 1, cols.pop("down1_1"))
     d_down1_1_bias = d_z1__s1.sum(axis=(1, 2))
     d_x__down1_1 = _conv2d_grad_input(d_z1__s1, p["down1_1.weight"], 3, 1, 1, (1, 16, 12), None)

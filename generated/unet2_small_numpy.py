@@ -23,6 +23,8 @@
 
 API: PARAM_SHAPES, init_params(seed=0), forward(params, x) -> y,
 backward(params, x, grad_output) -> (grads, grad_x). Arrays are (C, H, W), dtype float32.
+Intermediates live in work arrays kept per thread between calls (like the C target's workspace);
+the arrays returned to the caller are always fresh.
 """
 import threading
 

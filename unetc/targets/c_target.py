@@ -196,6 +196,41 @@ def _padded(alloc: _Scratch, steps: list[str], src: str, c: int, h: int, w: int,
     return dst
 
 
+def _gather(alloc: _Scratch, src: str, n_in: int, n_out: int, k: int, s: int, p: int, in_hw, out_hw,
+            bias: str, relu: bool) -> list[str]:
+    """out (n_out, out_hw) = bias + correlation of src (n_in, in_hw) with a (n_out, n_in, k, k)
+    weight at stride s, padding p: im2col, then a 1x1 CONV_S1 (a strided conv, or the input
+    gradient of a transposed conv)."""
+    kk, (hi, wi), (ho, wo) = k * k, in_hw, out_hw
+    cols, wp = alloc(n_in * kk * ho * wo), alloc(_packed(n_out, n_in * kk, 1))
+    return [f"kernel_im2col({n_in}, {hi}, {wi}, {k}, {s}, {p}, {ho}, {wo}, {src}, {cols})",
+            f"kernel_pack({n_out}, {n_in * kk}, 1, w, 0, {n_in * kk}, 1, 0, 0, {wp})",
+            f"CONV_S1({n_in * kk}, {n_out}, {ho}, {wo}, 1, {cols}, {wp}, {bias}, {int(relu)}, out)"]
+
+
+def _scatter(alloc: _Scratch, src: str, n_in: int, n_out: int, k: int, s: int, p: int, in_hw, out_hw,
+             bias: str) -> list[str]:
+    """out (n_out, out_hw) = bias + the adjoint of _gather's correlation applied to src (n_in,
+    in_hw), the weight stored (n_in, n_out, k, k): a 1x1 CONV_S1, then col2im (a transposed conv,
+    or the input gradient of a strided conv)."""
+    kk, (hi, wi), (ho, wo) = k * k, in_hw, out_hw
+    wp, cols = alloc(_packed(n_out * kk, n_in, 1)), alloc(n_out * kk * hi * wi)
+    return [f"kernel_pack({n_out * kk}, {n_in}, 1, w, 0, 1, {n_out * kk}, 0, 0, {wp})",
+            f"CONV_S1({n_in}, {n_out * kk}, {hi}, {wi}, 1, {src}, {wp}, NO_BIAS, 0, {cols})",
+            f"kernel_fill({n_out}, {ho * wo}, {bias}, out)",
+            f"kernel_col2im_add({n_out}, {ho}, {wo}, {k}, {s}, {p}, {hi}, {wi}, {cols}, out)"]
+
+
+def _weight_grad(alloc: _Scratch, x: str, n_x: int, x_hw, dy: str, n_dy: int, dy_hw, k: int, s: int,
+                 p: int) -> list[str]:
+    """out (n_dy, n_x, k, k) = correlation of dy with the windows of x at stride s, padding p:
+    im2col of x, then a 1x1 WGRAD_S1 (strided conv, or transposed conv with x = its dy)."""
+    kk, (hx, wx), (hd, wd) = k * k, x_hw, dy_hw
+    cols = alloc(n_x * kk * hd * wd)
+    return [f"kernel_im2col({n_x}, {hx}, {wx}, {k}, {s}, {p}, {hd}, {wd}, {x}, {cols})",
+            f"WGRAD_S1({n_x * kk}, {n_dy}, {hd}, {wd}, 1, {cols}, {dy}, out)"]
+
+
 def conv_steps(op, sp: Specialized, esize: int, relu: bool = False) -> tuple[list[str], int]:
     """The kernel calls (C text) that compute one conv-like op, and the scratch elements they use.
     Stride-1 convolutions and their input gradients run CONV_S1 directly on the zero-padded
@@ -212,10 +247,7 @@ def conv_steps(op, sp: Specialized, esize: int, relu: bool = False) -> tuple[lis
             steps += [f"kernel_pack({o}, {c}, {k}, w, 0, {c * kk}, {kk}, {k}, 1, {wp})",
                       f"CONV_S1({c}, {o}, {ho}, {wo}, {k}, {src}, {wp}, b, {int(relu)}, out)"]
         else:
-            cols, wp = alloc(c * kk * ho * wo), alloc(_packed(o, c * kk, 1))
-            steps += [f"kernel_im2col({c}, {h}, {w}, {k}, {s}, {p}, {ho}, {wo}, x, {cols})",
-                      f"kernel_pack({o}, {c * kk}, 1, w, 0, {c * kk}, 1, 0, 0, {wp})",
-                      f"CONV_S1({c * kk}, {o}, {ho}, {wo}, 1, {cols}, {wp}, b, {int(relu)}, out)"]
+            steps += _gather(alloc, "x", c, o, k, s, p, (h, w), (ho, wo), "b", relu)
     elif op.kind == "conv2d_grad_input":
         (o, ho, wo), (c, h, w) = sh[op.inputs[0]], sh[op.output]
         if s == 1 and p <= k - 1:  # a stride-1 correlation with the rotated, transposed weight
@@ -224,38 +256,23 @@ def conv_steps(op, sp: Specialized, esize: int, relu: bool = False) -> tuple[lis
             steps += [f"kernel_pack({c}, {o}, {k}, w, {(k - 1) * k + k - 1}, {kk}, {c * kk}, {-k}, -1, {wp})",
                       f"CONV_S1({o}, {c}, {h}, {w}, {k}, {src}, {wp}, NO_BIAS, 0, out)"]
         else:
-            wp, cols = alloc(_packed(c * kk, o, 1)), alloc(c * kk * ho * wo)
-            steps += [f"kernel_pack({c * kk}, {o}, 1, w, 0, 1, {c * kk}, 0, 0, {wp})",
-                      f"CONV_S1({o}, {c * kk}, {ho}, {wo}, 1, dy, {wp}, NO_BIAS, 0, {cols})",
-                      f"kernel_fill({c}, {h * w}, NO_BIAS, out)",
-                      f"kernel_col2im_add({c}, {h}, {w}, {k}, {s}, {p}, {ho}, {wo}, {cols}, out)"]
+            steps += _scatter(alloc, "dy", o, c, k, s, p, (ho, wo), (h, w), "NO_BIAS")
     elif op.kind == "conv2d_grad_weight":
         (c, h, w), (o, ho, wo) = sh[op.inputs[0]], sh[op.inputs[1]]
         if s == 1:
             src = _padded(alloc, steps, "x", c, h, w, p)
             steps.append(f"WGRAD_S1({c}, {o}, {ho}, {wo}, {k}, {src}, dy, out)")
         else:
-            cols = alloc(c * kk * ho * wo)
-            steps += [f"kernel_im2col({c}, {h}, {w}, {k}, {s}, {p}, {ho}, {wo}, x, {cols})",
-                      f"WGRAD_S1({c * kk}, {o}, {ho}, {wo}, 1, {cols}, dy, out)"]
+            steps += _weight_grad(alloc, "x", c, (h, w), "dy", o, (ho, wo), k, s, p)
     elif op.kind == "conv_transpose2d":
         (ci, d, e), (co, u, v) = sh[op.inputs[0]], sh[op.output]
-        wp, cols = alloc(_packed(co * kk, ci, 1)), alloc(co * kk * d * e)
-        steps += [f"kernel_pack({co * kk}, {ci}, 1, w, 0, 1, {co * kk}, 0, 0, {wp})",
-                  f"CONV_S1({ci}, {co * kk}, {d}, {e}, 1, x, {wp}, NO_BIAS, 0, {cols})",
-                  f"kernel_fill({co}, {u * v}, b, out)",
-                  f"kernel_col2im_add({co}, {u}, {v}, {k}, {s}, {p}, {d}, {e}, {cols}, out)"]
+        steps += _scatter(alloc, "x", ci, co, k, s, p, (d, e), (u, v), "b")
     elif op.kind == "conv_transpose2d_grad_input":
         (co, u, v), (ci, d, e) = sh[op.inputs[0]], sh[op.output]
-        cols, wp = alloc(co * kk * d * e), alloc(_packed(ci, co * kk, 1))
-        steps += [f"kernel_im2col({co}, {u}, {v}, {k}, {s}, {p}, {d}, {e}, dy, {cols})",
-                  f"kernel_pack({ci}, {co * kk}, 1, w, 0, {co * kk}, 1, 0, 0, {wp})",
-                  f"CONV_S1({co * kk}, {ci}, {d}, {e}, 1, {cols}, {wp}, NO_BIAS, 0, out)"]
+        steps += _gather(alloc, "dy", co, ci, k, s, p, (u, v), (d, e), "NO_BIAS", False)
     elif op.kind == "conv_transpose2d_grad_weight":
         (ci, d, e), (co, u, v) = sh[op.inputs[0]], sh[op.inputs[1]]
-        cols = alloc(co * kk * d * e)
-        steps += [f"kernel_im2col({co}, {u}, {v}, {k}, {s}, {p}, {d}, {e}, dy, {cols})",
-                  f"WGRAD_S1({co * kk}, {ci}, {d}, {e}, 1, {cols}, x, out)"]
+        steps += _weight_grad(alloc, "dy", co, (u, v), "x", ci, (d, e), k, s, p)
     else:
         raise AssertionError(op.kind)
     if not alloc.used:

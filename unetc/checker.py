@@ -144,8 +144,9 @@ def _layers(cfg: Config) -> list[Layer]:
     return rows
 
 
-def check(cfg: Config) -> Report:
-    """Analyse a config: exact valid sets per hypothesis and per axis, concrete verdicts if sized."""
+def check(cfg: Config, workspace: bool = True) -> Report:
+    """Analyse a config: exact valid sets per hypothesis and per axis, concrete verdicts if sized,
+    and (``workspace``) the C target's workspace bytes for a valid concrete config."""
     g = build(cfg, symbolic=True)
     concrete = {"in_h": cfg.in_h if isinstance(cfg.in_h, int) else None,
                 "in_w": cfg.in_w if isinstance(cfg.in_w, int) else None}
@@ -168,7 +169,7 @@ def check(cfg: Config) -> Report:
             constraints.append(Constraint(eq.name, eq.layer, eq.axis, status, lhs, rhs, s, msg))
     report = Report(cfg, constraints, axis_sets, [], concrete)
     report.layers = _layers(cfg)
-    if report.ok and not cfg.symbolic:
+    if workspace and report.ok and not cfg.symbolic:
         from .specialize import specialize
         from .targets.c_target import workspace_bytes
 

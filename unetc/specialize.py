@@ -47,7 +47,7 @@ def specialize(cfg: Config, report: Report | None = None) -> Specialized:
     if cfg.symbolic:
         raise EmitError(f"in_h/in_w are symbolic ({cfg.in_h} x {cfg.in_w}); bind them with --size HxW "
                         f"or set integers in the config")
-    report = report or check(cfg)
+    report = report or check(cfg, workspace=False)  # emitting needs the verdict, not the C plan
     if not report.ok:
         bad = next((c for c in report.constraints if c.status != "holds"), None)
         raise EmitError(f"cannot emit for this size: {bad.message if bad else 'shape check failed'}")

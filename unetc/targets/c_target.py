@@ -25,6 +25,11 @@ def _ctype(sp: Specialized) -> str:
     return "float" if sp.config.dtype == "float32" else "double"
 
 
+def _esize(sp: Specialized) -> int:
+    """Bytes per element of the config's dtype."""
+    return 4 if sp.config.dtype == "float32" else 8
+
+
 # ---------------------------------------------------------------- workspace plan
 
 @dataclass
@@ -289,7 +294,7 @@ def kernel(op, sp: Specialized, fn: str, inplace: str | None, relu: bool = False
     fwd = getattr(op, "fwd", None) or op
     k, s = getattr(fwd, "k", 0), getattr(fwd, "s", 0)
     if op.kind in CONV_KINDS:
-        ctx["steps"], ctx["scratch"] = conv_steps(op, sp, 4 if _ctype(sp) == "float" else 8, relu)
+        ctx["steps"], ctx["scratch"] = conv_steps(op, sp, _esize(sp), relu)
     elif op.kind in ("maxpool2d", "maxpool2d_grad"):
         c, h, w = sh[op.inputs[0]]
         _, ho, wo = sh[op.output] if op.kind == "maxpool2d" else sh[op.inputs[1]]
@@ -351,9 +356,6 @@ def _call_args(op, ph: Phase, tensor_ptr) -> list[str]:
 
 
 def _phase_context(sp: Specialized, ph: Phase, fn_of) -> dict:
-    T = _ctype(sp)
-    esize = 4 if T == "float" else 8
-
     def ptr(t):
         root, off = ph.loc(t)
         base = ph.ext[root] if root in ph.ext else f"t_{var(root)}"
@@ -372,13 +374,12 @@ def _phase_context(sp: Specialized, ph: Phase, fn_of) -> dict:
         calls.append({"fn": fn_of(op, ph.inplace.get(i), i in fused), "args": _call_args(op, ph, ptr),
                       "what": f"{op.kind} {op.name} -> {op.output}{relu}"
                               + (f" (in place over {ph.inplace[i]})" if i in ph.inplace else "")})
-    del esize
     return {"roots": roots, "calls": calls, "peak": ph.peak}
 
 
 def plans(sp: Specialized) -> tuple[Phase, Phase]:
     """The forward and backward phases of ``sp`` with their workspace plans."""
-    esize = 4 if sp.config.dtype == "float32" else 8
+    esize = _esize(sp)
     fwd = plan_phase(sp, list(sp.forward_ops), {"x": "x", "y": "y"}, esize)
     saved = set(sp.backward.saved())
     need = set(saved)
@@ -396,7 +397,7 @@ def layout(sp: Specialized) -> tuple[Phase, Phase, int, int]:
     """(forward plan, backward plan, byte offset of the scratch area, workspace bytes). The tensors
     of both plans come first; the conv kernels' temporaries share one scratch area after them.
     The total includes ALIGN bytes of slack so that ``ws`` may have any alignment."""
-    esize = 4 if sp.config.dtype == "float32" else 8
+    esize = _esize(sp)
     fwd, bwd = plans(sp)
     scratch_off = -(-max(fwd.peak, bwd.peak) // ALIGN) * ALIGN
     scratch = max([conv_steps(op, sp, esize)[1] for op in sp.forward_ops + sp.backward_ops

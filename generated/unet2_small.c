@@ -378,7 +378,8 @@ static void k04_maxpool2d_pool(const float *restrict in, float *restrict out)
                 float m = xw[0];
                 for (int ki = 0; ki < 2; ++ki)
                     for (int kj = 0; kj < 2; ++kj)
-                        m = xw[ki * 12 + kj] > m ? xw[ki * 12 + kj] : m;
+                        if (xw[ki * 12 + kj] > m || xw[ki * 12 + kj] != xw[ki * 12 + kj])
+                            m = xw[ki * 12 + kj];  /* PyTorch's rule: NaN propagates */
                 yr[ow] = m;
             }
         }
@@ -668,7 +669,7 @@ static void k40_maxpool2d_grad_pool(const float *restrict a, const float *restri
                 float m = xw[0];
                 for (int ki = 0; ki < 2; ++ki)
                     for (int kj = 0; kj < 2; ++kj)
-                        if (xw[ki * 12 + kj] > m) {
+                        if (xw[ki * 12 + kj] > m || xw[ki * 12 + kj] != xw[ki * 12 + kj]) {
                             m = xw[ki * 12 + kj];
                             best = ki * 2 + kj;
                         }

@@ -210,17 +210,29 @@ def _conv2d(x, w, b, k, s, p, ho, wo, cache=None, key=None, work=None):
 
 
 def _conv2d_grad_weight(x, dy, k, s, p, cols=None):
+    """dW = dy . columns^T, computed as its transpose columns . dy^T (the faster BLAS shape)."""
     o, ho, wo = dy.shape
     if s == 1:
         cols = _im2col_s1(x, k, p, ho) if cols is None else cols
-        return (_widen(dy, wo + k - 1) @ cols.T).reshape(o, x.shape[0], k, k)
-    cols = _im2col(x, k, s, p, ho, wo) if cols is None else cols
-    return (dy.reshape(o, -1) @ cols.T).reshape(o, x.shape[0], k, k)
+        dyf = _widen(dy, wo + k - 1)
+    else:
+        cols = _im2col(x, k, s, p, ho, wo) if cols is None else cols
+        dyf = dy.reshape(o, -1)
+    return np.ascontiguousarray((cols @ dyf.T).T).reshape(o, x.shape[0], k, k)
 
 
 def _conv2d_grad_input(dy, w, k, s, p, in_shape, work=None):
     o, ho, wo = dy.shape
     c, h, ww = in_shape
+    if s == 1 and p <= k - 1 and o < c:
+        # fewer output than input channels: the correlation of dy, zero-padded by k - 1 - p, with
+        # the flipped kernel copies o channels (im2col) where the col2im below adds up c channels
+        wf = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)).reshape(c, o * k * k)
+        wq = ww + k - 1
+        dx_rows = np.matmul(wf, _im2col_s1(dy, k, k - 1 - p, h), out=_buffer("matmul", (c, h * wq)))
+        dx = _result(work, (c, h, ww))
+        np.copyto(dx, dx_rows.reshape(c, h, wq)[:, :, :ww])
+        return dx
     if s == 1:
         wp, hp = wo + k - 1, ho + k - 1
         dcols = np.matmul(w.reshape(o, -1).T, _widen(dy, wp), out=_buffer("dcols", (c * k * k, ho * wp)))
@@ -283,9 +295,43 @@ def _scatter_windows(choice, dy, shape, k, s):
 
 
 def _maxpool2d_grad_pytorch(x, dy, k, s):
-    """PyTorch's rule: the first maximal element of each window in row-major order."""
-    win = _windows(x, k, s, dy.shape[1], dy.shape[2])
-    return _scatter_windows(np.argmax(win, axis=0), dy, x.shape, k, s)
+    """PyTorch's rule: scanning each window in row-major order, an element wins if it is greater
+    than the best so far or NaN -- the first maximum, or the last NaN. Without NaN: offset by
+    offset, the element equal to the window's max and not taken by an earlier offset receives dy
+    (bit masks over the strided views, no argmax)."""
+    c, h, w = x.shape
+    ho, wo = dy.shape[1:]
+    views = [x[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s] for i in range(k) for j in range(k)]
+    top = _buffer("pool_max", dy.shape)
+    np.maximum(views[0], views[-1], out=top)
+    for v in views[1:-1]:
+        np.maximum(top, v, out=top)
+    if np.isnan(top).any():
+        best, m = np.zeros(dy.shape, np.intp), views[0].copy()
+        for t, v in enumerate(views[1:], 1):
+            win = (v > m) | np.isnan(v)
+            best[win], m[win] = t, v[win]
+        return _scatter_windows(best, dy, x.shape, k, s)
+    hit, taken = _buffer("pool_hit", dy.shape, bool), _buffer("pool_taken", dy.shape, bool)
+    itype = np.dtype(f"i{dy.dtype.itemsize}")
+    bits, dyi = _buffer("pool_bits", dy.shape, itype), dy.view(itype)
+    disjoint = s == k  # every element lies in at most one window: write instead of add
+    dx = np.empty(x.shape, dy.dtype)
+    if not (disjoint and k * ho == h and k * wo == w):
+        dx.fill(0)
+    for t, v in enumerate(views):
+        np.equal(v, top, out=hit)
+        if t:
+            np.greater(hit, taken, out=hit)  # hit and not taken
+        np.bitwise_or(taken, hit, out=taken) if t else np.copyto(taken, hit)
+        np.subtract(0, hit, dtype=itype, out=bits)  # 0 or all ones
+        i, j = divmod(t, k)
+        target = dx[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s]
+        if disjoint:
+            np.bitwise_and(dyi, bits, out=target.view(itype))
+        else:
+            target += np.bitwise_and(dyi, bits).view(dy.dtype)
+    return dx
 
 
 def _maxpool2d_grad_spec(x, dy, k, s):

@@ -121,6 +121,32 @@ def test_pytorch_mode_matches_numpy_target_on_ties(c_modules):
         assert rel_err(gx, rgx) <= 1e-10 and all(rel_err(grads[k], rgrads[k]) <= 1e-10 for k in grads)
 
 
+def test_nan_input_matches_numpy_target(c_modules):
+    """NaN pixels in the input: the forward output matches torch (NaN propagates through the
+    convolutions and max-pools), and every gradient matches the NumPy target NaN-aware (torch's
+    own gradients differ at the ReLUs: it passes dy at z = NaN, the spec's [z > 0] does not).
+    The max-pool routing at NaN (the window's last NaN, as in torch) is checked per kernel in
+    test_numpy_target; in the network the zeroed ReLU gates around a NaN region absorb it."""
+    mods, np_mods = c_modules
+    nans = {"pool3s2_up3s2_odd": [(0, 3, 4), (0, 6, 1)],  # k 3, s 2: windows overlap
+            "wide_tall": [(0, 3, 4), (1, 40, 41)]}
+    for case, where in nans.items():
+        mod, ref = mods[(case, "float64")], np_mods[(case, "float64")]
+        params, x, gy = random_inputs(mod, seed=13)
+        for at in where:
+            x[at] = np.nan
+        y = mod.forward(params, x)
+        ry, _, _ = torch_reference(cfg_of(case, "float64"), params, x, gy)
+        np.testing.assert_allclose(y, ry, rtol=1e-10, atol=1e-12 * np.nanmax(np.abs(ry), initial=1))
+        grads, gx = mod.backward(params, x, gy)
+        rgrads, rgx = ref.backward(params, x, gy)
+        for k in rgrads:
+            np.testing.assert_allclose(grads[k], rgrads[k], rtol=1e-10, atol=1e-12 * np.nanmax(np.abs(rgrads[k]), initial=1))
+        np.testing.assert_allclose(gx, rgx, rtol=1e-10, atol=1e-12 * np.nanmax(np.abs(rgx), initial=1))
+        assert np.isnan(ry).any() and np.isfinite(rgx).any()
+    assert np.isfinite(ry).any()  # wide_tall is large enough that some outputs stay finite
+
+
 def _testbench(tmp_path, cfg, flags, run=True):
     paths = emit(cfg, "c", tmp_path, testbench=True)
     c_files = [str(p) for p in paths if p.suffix == ".c"]

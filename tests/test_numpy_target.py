@@ -129,6 +129,27 @@ def test_pytorch_rule_takes_first_max_on_ties(tmp_path):
     assert np.array_equal(pool_only_grad(mod, "pytorch", x, dy, 2, 2)[0], [[2, 0], [0, 0]])
 
 
+@pytest.mark.parametrize("with_nan", [False, True])
+@pytest.mark.parametrize("k,s", [(2, 2), (3, 3), (3, 1), (3, 2), (2, 3)])
+def test_pytorch_maxpool_rule_matches_torch(k, s, with_nan, tmp_path):
+    """The max-pool backward kernel against torch's, on windows full of ties (and NaNs: torch
+    routes to the last NaN of a window), for disjoint, overlapping and gapped windows."""
+    import torch
+
+    mod = emitted(CONFIG_MATRIX["default"], tmp_path)
+    rng = np.random.default_rng(k * 10 + s)
+    x = np.maximum(rng.integers(-2, 3, size=(3, 10, 9)), 0).astype(np.float64)
+    if with_nan:
+        x[rng.random(x.shape) < 0.15] = np.nan
+    xt = torch.tensor(x[None], requires_grad=True)
+    yt = torch.nn.functional.max_pool2d(xt, k, s)
+    dy = rng.standard_normal(yt.shape[1:])
+    yt.backward(torch.tensor(dy[None]))
+    got = pool_only_grad(mod, "pytorch", x, dy, k, s)
+    np.testing.assert_allclose(got, xt.grad.numpy()[0], rtol=1e-13, atol=1e-14)
+    assert np.isnan(yt.detach().numpy()).any() == with_nan
+
+
 def test_api_errors(tmp_path):
     mod = emitted(CONFIG_MATRIX["default"], tmp_path)
     params, x, gy = random_inputs(mod)

@@ -499,6 +499,35 @@ def cpu_check(threads: int) -> float:
     return alone / together
 
 
+def openblas_core() -> str:
+    """The kernel set NumPy's OpenBLAS picked on this CPU (e.g. 'Haswell'), or 'n/a'."""
+    import ctypes
+
+    try:
+        libs = {line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines()
+                if "openblas" in line.lower() and ".so" in line}
+        for path in sorted(libs):
+            lib = ctypes.CDLL(path)
+            for name in ("scipy_openblas_get_corename64_", "scipy_openblas_get_corename", "openblas_get_corename"):
+                fn = getattr(lib, name, None)
+                if fn is not None:
+                    fn.restype = ctypes.c_char_p
+                    return fn().decode()
+    except Exception:
+        pass
+    return "n/a"
+
+
+def avx512_misdetected(core: str) -> bool:
+    """True when the CPU has AVX-512 but NumPy's OpenBLAS runs its AVX2 (Haswell/Zen) kernels,
+    e.g. because OPENBLAS_CORETYPE pins them (some machine images do, for old OpenBLAS builds)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return core.lower() in ("haswell", "zen") and " avx512f" in flags
+
+
 def machine_info(threads: int) -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -523,7 +552,10 @@ def machine_info(threads: int) -> dict[str, str]:
     except Exception:
         ccv = "n/a"
     return {"cpu": cpu, "cores": str(os.cpu_count()), "threads": str(threads),
-            "python": platform.python_version(), "numpy": np.__version__, "torch": torch_version,
+            "python": platform.python_version(), "numpy": np.__version__,
+            "numpy BLAS kernels": f"OpenBLAS {openblas_core()} (OPENBLAS_CORETYPE="
+                                  f"{os.environ.get('OPENBLAS_CORETYPE', 'unset')})",
+            "torch": torch_version,
             "C compiler": ccv, "os": platform.platform()}
 
 
@@ -645,6 +677,11 @@ def main(args) -> int:
     check0 = cpu_check(args.threads)
     print(f"unetc benchmark: {len(rows_spec)} configs, targets torch,{','.join(args.targets)}, "
           f"{args.threads} thread(s); {info['cpu']}; torch {info['torch']}, numpy {info['numpy']}", flush=True)
+    if "numpy" in args.targets and avx512_misdetected(openblas_core()):
+        print(f"note: NumPy's OpenBLAS runs its {openblas_core()} (AVX2) kernels on this AVX-512 CPU "
+              f"(OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', 'unset')}); to let a current "
+              "OpenBLAS pick its kernels, run with `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE` "
+              "(see benchmarks/README.md)", flush=True)
     rows = []
     for i, spec in enumerate(rows_spec, 1):
         cfg = make_config(*spec)

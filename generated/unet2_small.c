@@ -304,6 +304,77 @@ static inline vec vrelu(vec v)
                 }                                                                              \
         }                                                                                      \
     }
+
+/* The same DW as WGRAD_S1, as a register-blocked outer product (for large layers): per block of
+   about WPB pixels, DT = the block of DY transposed to (pixel, o) with o padded to OP = O rounded
+   up to VL (zeros); then tiles of MV o-vectors x NW (channel, ki, kj) entries accumulate
+   DT[p][o..] * XPAD[entry at p] (a broadcast) over the block's pixels and add into DWT
+   (C*K*K, OP). At the end DW = DWT transposed. DT needs WPB rounded up to whole rows times OP
+   elements and DWT C*K*K*OP (both in the caller's scratch). */
+#define WPB 1024 /* weight-gradient pixels per block (outer-product kernel) */
+#define NW 6     /* (channel, ki, kj) entries per outer-product tile */
+#define WG_OP(O) ((((O) + VL - 1) / VL) * VL)
+#define WG_MV(O) (((O) + VL - 1) / VL < 4 ? ((O) + VL - 1) / VL : 4)
+#define WGRAD_OP(C, O, H, W, K, XPAD, DY, DT, DWT, DW)                                        \
+    {                                                                                          \
+        enum { OV_ = ((O) + VL - 1) / VL, MV_ = WG_MV(O), NT_ = (C) * (K) * (K),              \
+               HB_ = WPB / (W) > 0 ? WPB / (W) : 1 };                                          \
+        memset((DWT), 0, sizeof(float) * (size_t)NT_ * WG_OP(O));                            \
+        const int par = (double)(O) * (HB_ < (H) ? HB_ : (H)) * (W) * NT_ > PAR_MIN;           \
+        (void)par;                                                                             \
+        for (int h0 = 0; h0 < (H); h0 += HB_) {                                                \
+            const int hn = (H) - h0 < HB_ ? (H) - h0 : HB_;                                    \
+            PARALLEL_FOR1 /* transpose in chunks of 64 pixels: DY rows are read contiguously */ \
+            for (int q0 = 0; q0 < hn * (W); q0 += 64) {                                        \
+                const int qn = hn * (W) - q0 < 64 ? hn * (W) - q0 : 64;                        \
+                float *restrict dt = (DT) + (size_t)q0 * WG_OP(O);                           \
+                for (int o = 0; o < (O); ++o) {                                                \
+                    const float *restrict dyrow = (DY) + (size_t)o * (H) * (W) + (size_t)h0 * (W) + q0; \
+                    for (int q = 0; q < qn; ++q)                                               \
+                        dt[(size_t)q * WG_OP(O) + o] = dyrow[q];                               \
+                }                                                                              \
+                for (int q = 0; q < qn; ++q)                                                   \
+                    for (int o = (O); o < WG_OP(O); ++o)                                       \
+                        dt[(size_t)q * WG_OP(O) + o] = 0;                                      \
+            }                                                                                  \
+            PARALLEL_FOR2                                                                      \
+            for (int ot = 0; ot < (OV_ + MV_ - 1) / MV_; ++ot)                                 \
+                for (int nt = 0; nt < (NT_ + NW - 1) / NW; ++nt) {                             \
+                    size_t xoff[NW];                                                           \
+                    int vo[MV_];                                                               \
+                    for (int t = 0; t < NW; ++t) {                                             \
+                        const int n = nt * NW + t < NT_ ? nt * NW + t : NT_ - 1;               \
+                        xoff[t] = ((size_t)(n / ((K) * (K))) * ((H) + (K) - 1) + h0 + n / (K) % (K)) * ((W) + (K) - 1) + n % (K); \
+                    }                                                                          \
+                    for (int v = 0; v < MV_; ++v)                                              \
+                        vo[v] = (ot * MV_ + v < OV_ ? ot * MV_ + v : OV_ - 1) * VL;            \
+                    vec acc[MV_][NW];                                                          \
+                    for (int v = 0; v < MV_; ++v)                                              \
+                        for (int t = 0; t < NW; ++t)                                           \
+                            acc[v][t] = vsplat(0);                                             \
+                    for (int h = 0; h < hn; ++h)                                               \
+                        for (int w = 0; w < (W); ++w) {                                        \
+                            const float *restrict dp = (DT) + ((size_t)h * (W) + w) * WG_OP(O); \
+                            vec d[MV_];                                                        \
+                            for (int v = 0; v < MV_; ++v)                                      \
+                                d[v] = vload(dp + vo[v]);                                      \
+                            for (int t = 0; t < NW; ++t) {                                     \
+                                const vec xb = vsplat((XPAD)[xoff[t] + (size_t)h * ((W) + (K) - 1) + w]); \
+                                for (int v = 0; v < MV_; ++v)                                  \
+                                    acc[v][t] += d[v] * xb;                                    \
+                            }                                                                  \
+                        }                                                                      \
+                    for (int t = 0; t < NW && nt * NW + t < NT_; ++t)                          \
+                        for (int v = 0; v < MV_ && ot * MV_ + v < OV_; ++v) {                  \
+                            float *restrict dst = (DWT) + (size_t)(nt * NW + t) * WG_OP(O) + vo[v]; \
+                            vstore(dst, vload(dst) + acc[v][t]);                               \
+                        }                                                                      \
+                }                                                                              \
+        }                                                                                      \
+        for (int o = 0; o < (O); ++o)                                                          \
+            for (int n = 0; n < NT_; ++n)                                                      \
+                (DW)[(size_t)o * NT_ + n] = (DWT)[(size_t)n * WG_OP(O) + o];                   \
+    }
 #else
 #define WGRAD_S1(C, O, H, W, K, XPAD, DY, DW)                                                 \
     for (int o = 0; o < (O); ++o)                                                              \
@@ -316,6 +387,7 @@ static inline vec vrelu(vec v)
                     s += (DY)[((size_t)o * (H) + h) * (W) + w] * xs[(size_t)h * ((W) + (K) - 1) + w]; \
             (DW)[(size_t)o * (C) * (K) * (K) + n] = s;                                         \
         }
+#define WGRAD_OP(C, O, H, W, K, XPAD, DY, DT, DWT, DW) { (void)(DT); (void)(DWT); WGRAD_S1(C, O, H, W, K, XPAD, DY, DW) }
 #endif
 
 /* sum of a[0..n) with independent partial sums (vectorised without reassociation flags) */

@@ -23,6 +23,9 @@ CONFIG_MATRIX = {
     "odd_channels_hw": Config(name="m_odd", in_c=5, out_c=3, in_h=10, in_w=6, base_c=5),
     # wide and tall enough for every vector tile (32/16/8 lanes + scalar tail) and two row blocks
     "wide_tall": Config(name="m_wide", in_c=2, out_c=2, in_h=68, in_w=56, base_c=9),
+    # >= 16 output channels: the outer-product weight gradient (17 and 34 channels: padded vectors,
+    # partial tiles; 40x36 pixels: two pixel blocks, the second one short)
+    "many_channels": Config(name="m_many", in_c=2, out_c=2, in_h=40, in_w=36, base_c=17),
     # the only valid geometries with strided convs are 1x1 inputs: they exercise the im2col paths
     "stride2_1x1": Config(name="m_stride2", in_c=2, out_c=2, in_h=1, in_w=1, base_c=3, conv_stride=2,
                           pool_kernel=1, pool_stride=1, up_kernel=1, up_stride=1),

@@ -172,6 +172,9 @@ def _verify(ph: Phase, sp: Specialized, esize: int) -> None:
 # ---------------------------------------------------------------- per-op kernel contexts
 
 MR = 8  # output channels per register block of CONV_S1 (templates/c_kernels.j2)
+VMAX = 64  # bytes of the widest vector the C may use (VBYTES, templates/c_kernels.j2)
+WPB = 1024  # pixels per block of the outer-product weight gradient (WPB in c_kernels.j2)
+WGRAD_OP_MIN_O = 16  # output channels from which the weight gradient uses WGRAD_OP, not WGRAD_S1
 CONV_KINDS = ("conv2d", "conv_transpose2d", "conv2d_grad_input", "conv_transpose2d_grad_input",
               "conv2d_grad_weight", "conv_transpose2d_grad_weight")
 
@@ -266,7 +269,13 @@ def conv_steps(op, sp: Specialized, esize: int, relu: bool = False) -> tuple[lis
         (c, h, w), (o, ho, wo) = sh[op.inputs[0]], sh[op.inputs[1]]
         if s == 1:
             src = _padded(alloc, steps, "x", c, h, w, p)
-            steps.append(f"WGRAD_S1({c}, {o}, {ho}, {wo}, {k}, {src}, dy, out)")
+            if o >= WGRAD_OP_MIN_O:
+                o_pad = -(-o * esize // VMAX) * VMAX // esize  # o rounded up to the widest vector
+                rows = min(ho, max(1, WPB // wo))
+                dt, dwt = alloc(rows * wo * o_pad), alloc(c * kk * o_pad)
+                steps.append(f"WGRAD_OP({c}, {o}, {ho}, {wo}, {k}, {src}, dy, {dt}, {dwt}, out)")
+            else:
+                steps.append(f"WGRAD_S1({c}, {o}, {ho}, {wo}, {k}, {src}, dy, out)")
         else:
             steps += _weight_grad(alloc, "x", c, (h, w), "dy", o, (ho, wo), k, s, p)
     elif op.kind == "conv_transpose2d":

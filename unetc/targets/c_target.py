@@ -232,17 +232,28 @@ def _scatter(alloc: _Scratch, src: str, n_in: int, n_out: int, k: int, s: int, p
 def _weight_grad(alloc: _Scratch, x: str, n_x: int, x_hw, dy: str, n_dy: int, dy_hw, k: int, s: int,
                  p: int) -> list[str]:
     """out (n_dy, n_x, k, k) = correlation of dy with the windows of x at stride s, padding p:
-    im2col of x, then a 1x1 WGRAD_S1 (strided conv, or transposed conv with x = its dy)."""
+    im2col of x, then a 1x1 _wgrad_s1 (strided conv, or transposed conv with x = its dy)."""
     kk, (hx, wx), (hd, wd) = k * k, x_hw, dy_hw
     cols = alloc(n_x * kk * hd * wd)
     return [f"kernel_im2col({n_x}, {hx}, {wx}, {k}, {s}, {p}, {hd}, {wd}, {x}, {cols})",
-            f"WGRAD_S1({n_x * kk}, {n_dy}, {hd}, {wd}, 1, {cols}, {dy}, out)"]
+            _wgrad_s1(alloc, n_x * kk, n_dy, hd, wd, 1, cols, dy)]
+
+
+def _wgrad_s1(alloc: _Scratch, c: int, o: int, h: int, w: int, k: int, xpad: str, dy: str) -> str:
+    """C text of out (o, c, k, k) = stride-1 correlation of xpad (c, h+k-1, w+k-1) with dy (o, h, w):
+    the outer-product WGRAD_OP (with its transposed-dy block and accumulator in scratch) from
+    WGRAD_OP_MIN_O output channels, else the dot-product WGRAD_S1."""
+    if o < WGRAD_OP_MIN_O:
+        return f"WGRAD_S1({c}, {o}, {h}, {w}, {k}, {xpad}, {dy}, out)"
+    o_pad = -(-o * alloc.esize // VMAX) * VMAX // alloc.esize  # o rounded up to the widest vector
+    dt, dwt = alloc(min(h, max(1, WPB // w)) * w * o_pad), alloc(c * k * k * o_pad)
+    return f"WGRAD_OP({c}, {o}, {h}, {w}, {k}, {xpad}, {dy}, {dt}, {dwt}, out)"
 
 
 def conv_steps(op, sp: Specialized, esize: int, relu: bool = False) -> tuple[list[str], int]:
     """The kernel calls (C text) that compute one conv-like op, and the scratch elements they use.
     Stride-1 convolutions and their input gradients run CONV_S1 directly on the zero-padded
-    input; everything else goes through im2col / col2im around a 1x1 CONV_S1 or WGRAD_S1.
+    input; everything else goes through im2col / col2im around a 1x1 CONV_S1 or _wgrad_s1.
     ``relu`` (conv2d only) applies the following relu in the same pass."""
     sh, fwd = sp.shapes, op.fwd if hasattr(op, "fwd") else op
     k, s, p, kk = fwd.k, fwd.s, fwd.p, fwd.k * fwd.k
@@ -269,13 +280,7 @@ def conv_steps(op, sp: Specialized, esize: int, relu: bool = False) -> tuple[lis
         (c, h, w), (o, ho, wo) = sh[op.inputs[0]], sh[op.inputs[1]]
         if s == 1:
             src = _padded(alloc, steps, "x", c, h, w, p)
-            if o >= WGRAD_OP_MIN_O:
-                o_pad = -(-o * esize // VMAX) * VMAX // esize  # o rounded up to the widest vector
-                rows = min(ho, max(1, WPB // wo))
-                dt, dwt = alloc(rows * wo * o_pad), alloc(c * kk * o_pad)
-                steps.append(f"WGRAD_OP({c}, {o}, {ho}, {wo}, {k}, {src}, dy, {dt}, {dwt}, out)")
-            else:
-                steps.append(f"WGRAD_S1({c}, {o}, {ho}, {wo}, {k}, {src}, dy, out)")
+            steps.append(_wgrad_s1(alloc, c, o, ho, wo, k, src, "dy"))
         else:
             steps += _weight_grad(alloc, "x", c, (h, w), "dy", o, (ho, wo), k, s, p)
     elif op.kind == "conv_transpose2d":

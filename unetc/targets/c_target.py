@@ -174,7 +174,8 @@ def _verify(ph: Phase, sp: Specialized, esize: int) -> None:
 MR = 8  # output channels per register block of CONV_S1 (templates/c_kernels.j2)
 VMAX = 64  # bytes of the widest vector the C may use (VBYTES, templates/c_kernels.j2)
 WPB = 1024  # pixels per block of the outer-product weight gradient (WPB in c_kernels.j2)
-WGRAD_OP_MIN_O = 16  # output channels from which the weight gradient uses WGRAD_OP, not WGRAD_S1
+WGRAD_OP_MIN_O = 17  # output channels from which the weight gradient uses WGRAD_OP (more than one
+# 64-byte float32 vector: at one vector per tile its 6 broadcasts per FMA row lose to WGRAD_S1)
 CONV_KINDS = ("conv2d", "conv_transpose2d", "conv2d_grad_input", "conv_transpose2d_grad_input",
               "conv2d_grad_weight", "conv_transpose2d_grad_weight")
 

@@ -299,7 +299,7 @@ def _maxpool2d_grad_pytorch(x, dy, k, s):
     than the best so far or NaN -- the first maximum, or the last NaN. Without NaN: offset by
     offset, the element equal to the window's max and not taken by an earlier offset receives dy
     (bit masks over the strided views, no argmax)."""
-    c, h, w = x.shape
+    _, h, w = x.shape
     ho, wo = dy.shape[1:]
     views = [x[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s] for i in range(k) for j in range(k)]
     top = _buffer("pool_max", dy.shape)
@@ -323,7 +323,9 @@ def _maxpool2d_grad_pytorch(x, dy, k, s):
         np.equal(v, top, out=hit)
         if t:
             np.greater(hit, taken, out=hit)  # hit and not taken
-        np.bitwise_or(taken, hit, out=taken) if t else np.copyto(taken, hit)
+            np.bitwise_or(taken, hit, out=taken)
+        else:
+            np.copyto(taken, hit)
         np.subtract(0, hit, dtype=itype, out=bits)  # 0 or all ones
         i, j = divmod(t, k)
         target = dx[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s]

@@ -203,6 +203,16 @@ def test_strict_warnings_and_testbench_pass(dtype, variant, tmp_path):
     assert r.returncode == 0 and r.stdout.startswith("PASS max_rel_err="), r.stdout
 
 
+@pytest.mark.parametrize("variant", [["-DUNETC_PORTABLE"], ["-march=native", "-fopenmp"]])
+def test_outer_product_wgrad_strict_warnings_and_testbench_pass(variant, tmp_path):
+    """many_channels emits WGRAD_OP (its vector kernel, and its plain-C fallback to WGRAD_S1)."""
+    cfg = CONFIG_MATRIX["many_channels"]
+    paths = emit(cfg, "c", tmp_path / "src")
+    assert next(p for p in paths if p.suffix == ".c").read_text().count("WGRAD_OP(") > 2  # calls, not only the macros
+    r = _testbench(tmp_path, cfg, ["-O2", "-Wall", "-Wextra", "-Wpedantic", "-Werror", *variant])
+    assert r.returncode == 0 and r.stdout.startswith("PASS max_rel_err="), r.stdout
+
+
 def test_testbench_detects_a_wrong_kernel(tmp_path):
     """The testbench can fail: corrupt one bias gradient in the generated source."""
     cfg = load(EXAMPLES / "small.yaml")

@@ -115,10 +115,24 @@ def _buffer(tag, shape, dtype=DTYPE):
     return a
 
 
+def _at(a, i, j, s, ho, wo):
+    """The (C, ho, wo) strided view of a that kernel offset (i, j) sees at stride s."""
+    return a[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s]
+
+
+def _maxpool2d(x, k, s, ho, wo, out):
+    """(C, ho, wo) max over each k x k window at stride s, into out (NaN propagates, as in PyTorch)."""
+    views = [_at(x, i, j, s, ho, wo) for i in range(k) for j in range(k)]
+    np.maximum(views[0], views[-1], out=out)
+    for v in views[1:-1]:
+        np.maximum(out, v, out=out)
+    return out
+
+
 def _windows(x, k, s, ho, wo):
     """(C, H, W) -> (k*k, C, ho, wo): for each kernel offset, the strided view it sees."""
-    return np.stack([x[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s]
-                     for i in range(k) for j in range(k)], out=_buffer("windows", (k * k, x.shape[0], ho, wo)))
+    return np.stack([_at(x, i, j, s, ho, wo) for i in range(k) for j in range(k)],
+                    out=_buffer("windows", (k * k, x.shape[0], ho, wo)))
 
 
 def _im2col(x, k, s, p, ho, wo, tag="im2col"):
@@ -137,7 +151,7 @@ def _im2col(x, k, s, p, ho, wo, tag="im2col"):
     cols = _buffer(tag, (c, k, k, ho, wo), x.dtype)
     for i in range(k):
         for j in range(k):
-            cols[:, i, j] = x[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s]
+            cols[:, i, j] = _at(x, i, j, s, ho, wo)
     return cols.reshape(c * k * k, ho * wo)
 
 
@@ -148,7 +162,8 @@ def _col2im(cols, c, hp, wp, k, s, ho, wo):
     cols = cols.reshape(c, k, k, ho, wo)
     for i in range(k):
         for j in range(k):
-            out[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s] += cols[:, i, j]
+            window = _at(out, i, j, s, ho, wo)
+            window += cols[:, i, j]
     return out
 
 
@@ -276,8 +291,7 @@ def _masked(dy, keep, out=None):
     """dy where the boolean array keep is True, +0.0 elsewhere even for NaN/inf dy (into out if
     given): a bit mask instead of np.where, which branches per element and is ~10x slower."""
     itype = np.dtype(f"i{dy.dtype.itemsize}")  # the integer type of dy's width
-    bits = keep.astype(itype)
-    np.negative(bits, out=bits)  # 0 or all ones
+    bits = np.subtract(0, keep, dtype=itype)  # 0 or all ones
     if out is None:
         return np.bitwise_and(dy.view(itype), bits).view(dy.dtype)
     np.bitwise_and(dy.view(itype), bits, out=out.view(itype))
@@ -290,7 +304,8 @@ def _scatter_windows(choice, dy, shape, k, s):
     ho, wo = dy.shape[1:]
     for t in range(k * k):
         i, j = divmod(t, k)
-        dx[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s] += _masked(dy, choice == t)
+        window = _at(dx, i, j, s, ho, wo)
+        window += _masked(dy, choice == t)
     return dx
 
 
@@ -301,11 +316,8 @@ def _maxpool2d_grad_pytorch(x, dy, k, s):
     (bit masks over the strided views, no argmax)."""
     _, h, w = x.shape
     ho, wo = dy.shape[1:]
-    views = [x[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s] for i in range(k) for j in range(k)]
-    top = _buffer("pool_max", dy.shape)
-    np.maximum(views[0], views[-1], out=top)
-    for v in views[1:-1]:
-        np.maximum(top, v, out=top)
+    views = [_at(x, i, j, s, ho, wo) for i in range(k) for j in range(k)]
+    top = _maxpool2d(x, k, s, ho, wo, _buffer("pool_max", dy.shape))
     if np.isnan(top).any():
         best, m = np.zeros(dy.shape, np.intp), views[0].copy()
         for t, v in enumerate(views[1:], 1):
@@ -313,8 +325,6 @@ def _maxpool2d_grad_pytorch(x, dy, k, s):
             best[win], m[win] = t, v[win]
         return _scatter_windows(best, dy, x.shape, k, s)
     hit, taken = _buffer("pool_hit", dy.shape, bool), _buffer("pool_taken", dy.shape, bool)
-    itype = np.dtype(f"i{dy.dtype.itemsize}")
-    bits, dyi = _buffer("pool_bits", dy.shape, itype), dy.view(itype)
     disjoint = s == k  # every element lies in at most one window: write instead of add
     dx = np.empty(x.shape, dy.dtype)
     if not (disjoint and k * ho == h and k * wo == w):
@@ -326,13 +336,11 @@ def _maxpool2d_grad_pytorch(x, dy, k, s):
             np.bitwise_or(taken, hit, out=taken)
         else:
             np.copyto(taken, hit)
-        np.subtract(0, hit, dtype=itype, out=bits)  # 0 or all ones
-        i, j = divmod(t, k)
-        target = dx[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s]
+        target = _at(dx, *divmod(t, k), s, ho, wo)
         if disjoint:
-            np.bitwise_and(dyi, bits, out=target.view(itype))
+            _masked(dy, hit, target)
         else:
-            target += np.bitwise_and(dyi, bits).view(dy.dtype)
+            target += _masked(dy, hit)
     return dx
 
 
@@ -359,7 +367,7 @@ def _forward(p, x, cache=None):
     s1 = np.maximum(z1, 0, out=z1)
     z2 = _conv2d(s1, p["down1_2.weight"], p["down1_2.bias"], 3, 1, 1, 16, 12, cache, "down1_2", 'z2')
     skip1 = np.maximum(z2, 0, out=z2)
-    pooled = _windows(skip1, 2, 2, 8, 6).max(axis=0, out=_result('pooled', (4, 8, 6)))
+    pooled = _maxpool2d(skip1, 2, 2, 8, 6, _result('pooled', (4, 8, 6)))
     z3 = _conv2d(pooled, p["down2_1.weight"], p["down2_1.bias"], 3, 1, 1, 8, 6, cache, "down2_1", 'z3')
     b1 = np.maximum(z3, 0, out=z3)
     z4 = _conv2d(b1, p["down2_2.weight"], p["down2_2.bias"], 3, 1, 1, 8, 6, cache, "down2_2", 'z4')

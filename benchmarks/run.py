@@ -64,6 +64,7 @@ if ARGS is not None:
         os.environ[var] = str(ARGS.threads)
 
 import csv  # noqa: E402
+import functools  # noqa: E402
 import importlib.util  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
@@ -499,6 +500,7 @@ def cpu_check(threads: int) -> float:
     return alone / together
 
 
+@functools.lru_cache(maxsize=1)
 def openblas_core() -> str:
     """The kernel set NumPy's OpenBLAS picked on this CPU (e.g. 'Haswell'), or 'n/a'."""
     import ctypes

@@ -250,6 +250,10 @@ static inline vec vrelu(vec v)
             }                                                                                  \
     }
 
+/* offset in XPAD (C, H+K-1, W+K-1) of weight-gradient entry n = (c, i, j) at pixel (h, 0) */
+#define WG_XOFF(n, h, H, W, K) \
+    (((size_t)((n) / ((K) * (K))) * ((H) + (K) - 1) + (h) + (n) / (K) % (K)) * ((W) + (K) - 1) + (n) % (K))
+
 #ifdef UNETC_VEC
 /* DW (O, C*K*K) = sum over (h, w) < (H, W) of DY[o][h][w] * XPAD[c][h + i][w + j], XPAD
    (C, H+K-1, W+K-1): tiles of MO x NN dot products vectorised along w, blocked by HB rows.
@@ -269,7 +273,7 @@ static inline vec vrelu(vec v)
                         drow[m] = (DY) + (size_t)(ot * MO + m < (O) ? ot * MO + m : (O) - 1) * (H) * (W); \
                     for (int t = 0; t < NN; ++t) {                                             \
                         const int n = nt * NN + t < (C) * (K) * (K) ? nt * NN + t : (C) * (K) * (K) - 1; \
-                        xoff[t] = ((size_t)(n / ((K) * (K))) * ((H) + (K) - 1) + n / (K) % (K)) * ((W) + (K) - 1) + n % (K); \
+                        xoff[t] = WG_XOFF(n, 0, H, W, K);                                      \
                     }                                                                          \
                     vec acc[MO][NN];                                                           \
                     for (int m = 0; m < MO; ++m)                                               \
@@ -344,7 +348,7 @@ static inline vec vrelu(vec v)
                     int vo[MV_];                                                               \
                     for (int t = 0; t < NW; ++t) {                                             \
                         const int n = nt * NW + t < NT_ ? nt * NW + t : NT_ - 1;               \
-                        xoff[t] = ((size_t)(n / ((K) * (K))) * ((H) + (K) - 1) + h0 + n / (K) % (K)) * ((W) + (K) - 1) + n % (K); \
+                        xoff[t] = WG_XOFF(n, h0, H, W, K);                                     \
                     }                                                                          \
                     for (int v = 0; v < MV_; ++v)                                              \
                         vo[v] = (ot * MV_ + v < OV_ ? ot * MV_ + v : OV_ - 1) * VL;            \
@@ -379,8 +383,7 @@ static inline vec vrelu(vec v)
 #define WGRAD_S1(C, O, H, W, K, XPAD, DY, DW)                                                 \
     for (int o = 0; o < (O); ++o)                                                              \
         for (int n = 0; n < (C) * (K) * (K); ++n) {                                            \
-            const float *restrict xs =                                                       \
-                (XPAD) + ((size_t)(n / ((K) * (K))) * ((H) + (K) - 1) + n / (K) % (K)) * ((W) + (K) - 1) + n % (K); \
+            const float *restrict xs = (XPAD) + WG_XOFF(n, 0, H, W, K);                      \
             float s = 0;                                                                     \
             for (int h = 0; h < (H); ++h)                                                      \
                 for (int w = 0; w < (W); ++w)                                                  \

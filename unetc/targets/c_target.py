@@ -17,6 +17,11 @@ from .numpy_target import init_bounds
 ALIGN = 64
 
 
+def _round_up(nbytes: int, to: int = ALIGN) -> int:
+    """nbytes rounded up to a multiple of ``to``."""
+    return -(-nbytes // to) * to
+
+
 def _numel(shape) -> int:
     return math.prod(shape)
 
@@ -112,7 +117,7 @@ def plan_phase(sp: Specialized, ops: list, ext: dict[str, str], esize: int) -> P
             life[root][1] = max(life[root][1], i)
     placed: list[tuple[int, int, int, int]] = []  # (start, end, offset, size)
     for root, (a, b) in sorted(life.items(), key=lambda kv: (kv[1][0], kv[0])):
-        size = -(-_numel(shapes[root]) * esize // ALIGN) * ALIGN
+        size = _round_up(_numel(shapes[root]) * esize)
         busy = sorted((o, o + s) for (a2, b2, o, s) in placed if a2 <= b and a <= b2)
         off = 0
         for lo, hi in busy:
@@ -188,7 +193,7 @@ class _Scratch:
 
     def __call__(self, n: int) -> str:
         off = self.used
-        self.used += -(-n * self.esize // ALIGN) * ALIGN // self.esize
+        self.used += _round_up(n * self.esize) // self.esize
         return f"scratch + {off}" if off else "scratch"
 
 
@@ -246,7 +251,7 @@ def _wgrad_s1(alloc: _Scratch, c: int, o: int, h: int, w: int, k: int, xpad: str
     WGRAD_OP_MIN_O output channels, else the dot-product WGRAD_S1."""
     if o < WGRAD_OP_MIN_O:
         return f"WGRAD_S1({c}, {o}, {h}, {w}, {k}, {xpad}, {dy}, out)"
-    o_pad = -(-o * alloc.esize // VMAX) * VMAX // alloc.esize  # o rounded up to the widest vector
+    o_pad = _round_up(o * alloc.esize, VMAX) // alloc.esize  # o rounded up to the widest vector
     dt, dwt = alloc(min(h, max(1, WPB // w)) * w * o_pad), alloc(c * k * k * o_pad)
     return f"WGRAD_OP({c}, {o}, {h}, {w}, {k}, {xpad}, {dy}, {dt}, {dwt}, out)"
 
@@ -414,7 +419,7 @@ def layout(sp: Specialized) -> tuple[Phase, Phase, int, int]:
     The total includes ALIGN bytes of slack so that ``ws`` may have any alignment."""
     esize = _esize(sp)
     fwd, bwd = plans(sp)
-    scratch_off = -(-max(fwd.peak, bwd.peak) // ALIGN) * ALIGN
+    scratch_off = _round_up(max(fwd.peak, bwd.peak))
     scratch = max([conv_steps(op, sp, esize)[1] for op in sp.forward_ops + sp.backward_ops
                    if op.kind in CONV_KINDS] + [0])
     return fwd, bwd, scratch_off, scratch_off + scratch * esize + ALIGN

@@ -180,7 +180,11 @@ MR = 8  # output channels per register block of CONV_S1 (templates/c_kernels.j2)
 VMAX = 64  # bytes of the widest vector the C may use (VBYTES, templates/c_kernels.j2)
 WPB = 1024  # pixels per block of the outer-product weight gradient (WPB in c_kernels.j2)
 WGRAD_OP_MIN_O = 17  # output channels from which the weight gradient uses WGRAD_OP (more than one
-# 64-byte float32 vector: at one vector per tile its 6 broadcasts per FMA row lose to WGRAD_S1)
+# 64-byte float32 vector: at one vector per tile its 6 broadcasts per FMA row lose to WGRAD_S1) ...
+WGRAD_OP_MIN_N = 64  # ... and (channel, ki, kj) entries: 9 entries (the first conv) ran 4x slower
+# than WGRAD_S1 at base_c 64, 128x128 (254 vs 65 us), its per-block dy transpose dominating
+HELPERS = ("kernel_pad", "kernel_im2col", "kernel_col2im_add", "kernel_fill", "kernel_pack")  # the
+# static helper functions of c_kernels.j2: each is laid out only when a kernel calls it (-Wall)
 CONV_KINDS = ("conv2d", "conv_transpose2d", "conv2d_grad_input", "conv_transpose2d_grad_input",
               "conv2d_grad_weight", "conv_transpose2d_grad_weight")
 
@@ -217,7 +221,7 @@ def _gather(alloc: _Scratch, src: str, n_in: int, n_out: int, k: int, s: int, p:
     gradient of a transposed conv)."""
     kk, (hi, wi), (ho, wo) = k * k, in_hw, out_hw
     cols, wp = alloc(n_in * kk * ho * wo), alloc(_packed(n_out, n_in * kk, 1))
-    return [f"kernel_im2col({n_in}, {hi}, {wi}, {k}, {s}, {p}, {ho}, {wo}, {src}, {cols})",
+    return [_im2col(n_in, (hi, wi), k, s, p, (ho, wo), src, cols),
             f"kernel_pack({n_out}, {n_in * kk}, 1, w, 0, {n_in * kk}, 1, 0, 0, {wp})",
             f"CONV_S1({n_in * kk}, {n_out}, {ho}, {wo}, 1, {cols}, {wp}, {bias}, {int(relu)}, out)"]
 
@@ -231,8 +235,25 @@ def _scatter(alloc: _Scratch, src: str, n_in: int, n_out: int, k: int, s: int, p
     wp, cols = alloc(_packed(n_out * kk, n_in, 1)), alloc(n_out * kk * hi * wi)
     return [f"kernel_pack({n_out * kk}, {n_in}, 1, w, 0, 1, {n_out * kk}, 0, 0, {wp})",
             f"CONV_S1({n_in}, {n_out * kk}, {hi}, {wi}, 1, {src}, {wp}, NO_BIAS, 0, {cols})",
-            f"kernel_fill({n_out}, {ho * wo}, {bias}, out)",
-            f"kernel_col2im_add({n_out}, {ho}, {wo}, {k}, {s}, {p}, {hi}, {wi}, {cols}, out)"]
+            *_col2im(n_out, (ho, wo), k, s, p, (hi, wi), cols, bias)]
+
+
+def _im2col(c: int, in_hw, k: int, s: int, p: int, out_hw, src: str, cols: str) -> str:
+    """C text of cols (c*k*k, out_hw) = the k x k windows of src (c, in_hw) at stride s, padding p."""
+    (h, w), (ho, wo) = in_hw, out_hw
+    if p == 0:  # every window inside src: the literal-size copy without bounds checks
+        return f"IM2COL_P0({c}, {h}, {w}, {k}, {s}, {ho}, {wo}, {src}, {cols})"
+    return f"kernel_im2col({c}, {h}, {w}, {k}, {s}, {p}, {ho}, {wo}, {src}, {cols})"
+
+
+def _col2im(c: int, out_hw, k: int, s: int, p: int, in_hw, cols: str, bias: str) -> list[str]:
+    """C text of out (c, out_hw) = bias + the scatter-add of cols (c*k*k, in_hw) into k x k windows
+    at stride s, padding p (the adjoint of _im2col)."""
+    (ho, wo), (hi, wi) = out_hw, in_hw
+    if s == k and p == 0 and (ho, wo) == (hi * k, wi * k):  # windows tile out exactly: one pass
+        return [f"COL2IM_TILED({c}, {k}, {hi}, {wi}, {cols}, {bias}, out)"]
+    return [f"kernel_fill({c}, {ho * wo}, {bias}, out)",
+            f"kernel_col2im_add({c}, {ho}, {wo}, {k}, {s}, {p}, {hi}, {wi}, {cols}, out)"]
 
 
 def _weight_grad(alloc: _Scratch, x: str, n_x: int, x_hw, dy: str, n_dy: int, dy_hw, k: int, s: int,
@@ -241,15 +262,15 @@ def _weight_grad(alloc: _Scratch, x: str, n_x: int, x_hw, dy: str, n_dy: int, dy
     im2col of x, then a 1x1 _wgrad_s1 (strided conv, or transposed conv with x = its dy)."""
     kk, (hx, wx), (hd, wd) = k * k, x_hw, dy_hw
     cols = alloc(n_x * kk * hd * wd)
-    return [f"kernel_im2col({n_x}, {hx}, {wx}, {k}, {s}, {p}, {hd}, {wd}, {x}, {cols})",
+    return [_im2col(n_x, (hx, wx), k, s, p, (hd, wd), x, cols),
             _wgrad_s1(alloc, n_x * kk, n_dy, hd, wd, 1, cols, dy)]
 
 
 def _wgrad_s1(alloc: _Scratch, c: int, o: int, h: int, w: int, k: int, xpad: str, dy: str) -> str:
     """C text of out (o, c, k, k) = stride-1 correlation of xpad (c, h+k-1, w+k-1) with dy (o, h, w):
     the outer-product WGRAD_OP (with its transposed-dy block and accumulator in scratch) from
-    WGRAD_OP_MIN_O output channels, else the dot-product WGRAD_S1."""
-    if o < WGRAD_OP_MIN_O:
+    WGRAD_OP_MIN_O output channels and WGRAD_OP_MIN_N entries, else the dot-product WGRAD_S1."""
+    if o < WGRAD_OP_MIN_O or c * k * k < WGRAD_OP_MIN_N:
         return f"WGRAD_S1({c}, {o}, {h}, {w}, {k}, {xpad}, {dy}, out)"
     o_pad = _round_up(o * alloc.esize, VMAX) // alloc.esize  # o rounded up to the widest vector
     dt, dwt = alloc(min(h, max(1, WPB // w)) * w * o_pad), alloc(c * k * k * o_pad)
@@ -318,7 +339,8 @@ def kernel(op, sp: Specialized, fn: str, inplace: str | None, relu: bool = False
     elif op.kind in ("maxpool2d", "maxpool2d_grad"):
         c, h, w = sh[op.inputs[0]]
         _, ho, wo = sh[op.output] if op.kind == "maxpool2d" else sh[op.inputs[1]]
-        ctx.update(C=c, H=h, W=w, HO=ho, WO=wo, K=k, S=s, mode=getattr(op, "mode", "pytorch"))
+        ctx.update(C=c, H=h, W=w, HO=ho, WO=wo, K=k, S=s, mode=getattr(op, "mode", "pytorch"),
+                   tiled=s == k and (ho * k, wo * k) == (h, w))  # windows cover the input exactly once
     elif op.kind == "bias_grad":
         c, h, w = sh[op.inputs[0]]
         ctx.update(C=c, HW=h * w)
@@ -481,6 +503,7 @@ def files(sp: Specialized, testbench: bool = False) -> dict[str, str]:
     fctx = _phase_context(sp, fwd, fn_of)
     bctx = _phase_context(sp, bwd, fn_of)
     kern_list = sorted(kernels.values(), key=lambda k: k["fn"])
+    helpers = {h for h in HELPERS for k in kern_list for s in k.get("steps", []) if s.startswith(h + "(")}
     pnames = [var(p) for p in sp.params]
     pinfo = [(var(p), p, shape) for p, shape in sp.params.items()]
     common = dict(banner_c=banner(cfg, "//"), banner_py=banner(cfg, "#"), cfg=cfg, name=name,
@@ -488,7 +511,7 @@ def files(sp: Specialized, testbench: bool = False) -> dict[str, str]:
                   out_shape=sp.out_shape, ws_bytes=ws, align=ALIGN, scratch_off=scratch_off)
     out = {
         f"{name}.h": render("c_header.h.j2", **common),
-        f"{name}.c": render("c_source.c.j2", kernels=kern_list, fwd=fctx, bwd=bctx, **common),
+        f"{name}.c": render("c_source.c.j2", kernels=kern_list, helpers=helpers, fwd=fctx, bwd=bctx, **common),
         f"{name}_c.py": render("c_loader.py.j2", **common, bounds=init_bounds(sp)),
     }
     if testbench:

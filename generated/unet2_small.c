@@ -39,7 +39,8 @@
 #endif
 #define NO_BIAS ((const float *)0)
 #define PAR_MIN 262144 /* multiply-adds below which a kernel runs on one thread (fork/join costs more) */
-#define PAR_MIN_ELEMS 32768 /* elements below which a memory-bound loop runs on one thread */
+#define PAR_MIN_ELEMS 8192 /* elements below which a memory-bound loop runs on one thread */
+#define PAR_MIN_WINDOWS 2048 /* max-pool windows below which the pool backward runs on one thread */
 #ifdef _OPENMP /* the loop nest runs on all threads when the local `par` is nonzero */
 #define PARALLEL_FOR1 _Pragma("omp parallel for schedule(static) if(par)")
 #define PARALLEL_FOR2 _Pragma("omp parallel for collapse(2) schedule(static) if(par)")
@@ -727,7 +728,7 @@ static void k39_conv2d_grad_input_down2_1(const float *restrict dy, const float 
 /* maxpool2d_grad pool: skip1 , d_pooled__down2_1 -> d_skip1__pool */
 static void k40_maxpool2d_grad_pool(const float *restrict a, const float *restrict bb, float *restrict out)
 {
-    const int par = 768 > PAR_MIN_ELEMS;
+    const int par = 192 > PAR_MIN_WINDOWS;
     (void)par;
     PARALLEL_FOR1
     for (int c = 0; c < 4; ++c) {

@@ -202,7 +202,6 @@ class _Params(ctypes.Structure):
     ]
 
 
-_NAMES = list(zip([f[0] for f in _Params._fields_], PARAM_SHAPES))
 _lib.unet2_small_forward.argtypes = [ctypes.POINTER(_Params), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
 _lib.unet2_small_forward.restype = ctypes.c_int
 _lib.unet2_small_backward.argtypes = [ctypes.POINTER(_Params), ctypes.c_void_p, ctypes.c_void_p,
@@ -212,6 +211,10 @@ _lib.unet2_small_workspace_bytes.restype = ctypes.c_size_t
 if _lib.unet2_small_workspace_bytes() != WORKSPACE_BYTES:
     raise ImportError(f"unetc: {LIBRARY_PATH} does not match this module (workspace size differs)")
 _local = threading.local()
+_GRAD_SLOTS, _GRAD_SIZE = {}, 0  # name -> (offset, size, shape) in the one gradient buffer (64-byte aligned)
+for _k, _s in PARAM_SHAPES.items():
+    _GRAD_SLOTS[_k] = (_GRAD_SIZE, int(np.prod(_s)), _s)
+    _GRAD_SIZE += -(-int(np.prod(_s)) * np.dtype(DTYPE).itemsize // 64) * 64 // np.dtype(DTYPE).itemsize
 
 
 def _workspace():
@@ -221,8 +224,25 @@ def _workspace():
     return ws
 
 
-def _struct(arrays):
-    return _Params(*[arrays[name].ctypes.data for _, name in _NAMES])
+def _param_struct(params):
+    """The _Params of the (C-contiguous) arrays params[k]. Reading an array's address costs about a
+    microsecond, so the struct is kept per thread with the arrays themselves (which keeps them
+    alive, their addresses fixed) and reused while the same array objects come back."""
+    arrays = tuple(params[k] for k in PARAM_SHAPES)
+    last = getattr(_local, "params", None)
+    if last is not None and all(a is b for a, b in zip(last[0], arrays)):
+        return last[1]
+    struct = _Params(*[a.ctypes.data for a in arrays])
+    _local.params = (arrays, struct)
+    return struct
+
+
+def _new_grads():
+    """(dict of empty gradient arrays, their _Params): views into one new buffer (one address read)."""
+    buf = np.empty(_GRAD_SIZE, dtype=DTYPE)
+    base, item = buf.ctypes.data, buf.itemsize
+    grads = {k: buf[o:o + n].reshape(s) for k, (o, n, s) in _GRAD_SLOTS.items()}
+    return grads, _Params(*[base + _GRAD_SLOTS[k][0] * item for k in PARAM_SHAPES])
 
 
 def _call(fn, *args):
@@ -238,7 +258,8 @@ def forward(params, x):
     p = {k: np.ascontiguousarray(params[k]) for k in PARAM_SHAPES}
     x = np.ascontiguousarray(x)
     y = np.empty(OUT_SHAPE, dtype=DTYPE)
-    _call(_lib.unet2_small_forward, ctypes.byref(_struct(p)), x.ctypes.data, y.ctypes.data, _workspace().ctypes.data)
+    _call(_lib.unet2_small_forward, ctypes.byref(_param_struct(p)), x.ctypes.data, y.ctypes.data,
+          _workspace().ctypes.data)
     return y
 
 
@@ -251,8 +272,8 @@ def backward(params, x, grad_output):
     p = {k: np.ascontiguousarray(params[k]) for k in PARAM_SHAPES}
     x = np.ascontiguousarray(x)
     gy = np.ascontiguousarray(grad_output)
-    grads = {k: np.empty(s, dtype=DTYPE) for k, s in PARAM_SHAPES.items()}
+    grads, gstruct = _new_grads()
     gx = np.empty(IN_SHAPE, dtype=DTYPE)
-    _call(_lib.unet2_small_backward, ctypes.byref(_struct(p)), x.ctypes.data, gy.ctypes.data,
-          ctypes.byref(_struct(grads)), gx.ctypes.data, _workspace().ctypes.data)
+    _call(_lib.unet2_small_backward, ctypes.byref(_param_struct(p)), x.ctypes.data, gy.ctypes.data,
+          ctypes.byref(gstruct), gx.ctypes.data, _workspace().ctypes.data)
     return grads, gx

@@ -244,13 +244,38 @@ def test_loader_api_errors_and_noncontiguous(c_modules):
     assert mod.init_params(0).keys() == params.keys()
 
 
+def _struct(mod, arrays):
+    """A fresh _Params of the arrays (not the module's cached one: these tests edit it)."""
+    return mod._Params(*[arrays[k].ctypes.data for k in mod.PARAM_SHAPES])
+
+
+def test_param_struct_cache_follows_the_arrays(c_modules):
+    """The loader reuses its _Params while the same array objects come back: in-place edits of a
+    parameter, a new dict with new arrays, and earlier results must all stay correct."""
+    mod = c_modules[0][("default", "float64")]
+    params, x, gy = random_inputs(mod)
+    y0 = mod.forward(params, x)
+    grads0, gx0 = mod.backward(params, x, gy)
+    kept = {k: v.copy() for k, v in grads0.items()}
+    params["down1_1.weight"] *= 2  # in place: same object, same address
+    y1 = mod.forward(params, x)
+    fresh = {k: v.copy() for k, v in params.items()}  # new objects: the cache must miss ...
+    params["down1_1.weight"] *= 3  # ... or it would read these changed values
+    assert np.array_equal(mod.forward(fresh, x), y1) and not np.array_equal(y1, y0)
+    grads1, gx1 = mod.backward(fresh, x, gy)
+    assert all(np.array_equal(grads0[k], kept[k]) for k in kept)  # a new call does not overwrite old grads
+    assert not np.array_equal(grads1["down1_1.weight"], grads0["down1_1.weight"])
+    assert all(g.flags.c_contiguous and g.shape == mod.PARAM_SHAPES[k] for k, g in grads1.items())
+    assert gx1.shape == mod.IN_SHAPE
+
+
 def test_null_pointers_return_error_code(c_modules):
     mod = c_modules[0][("default", "float64")]
     params, x, gy = random_inputs(mod)
     lib = mod._lib
     ws = np.empty(mod.WORKSPACE_BYTES, np.uint8)
     y = np.empty(mod.OUT_SHAPE, mod.DTYPE)
-    p = mod._struct(params)
+    p = _struct(mod, params)
     fwd = lib.m_default_64_forward
     assert fwd(ctypes.byref(p), x.ctypes.data, y.ctypes.data, ws.ctypes.data) == 0
     assert fwd(None, x.ctypes.data, y.ctypes.data, ws.ctypes.data) == 1
@@ -258,10 +283,10 @@ def test_null_pointers_return_error_code(c_modules):
     p.upT_bias = None
     assert fwd(ctypes.byref(p), x.ctypes.data, y.ctypes.data, ws.ctypes.data) == 1
     grads = {k: np.empty(s, mod.DTYPE) for k, s in mod.PARAM_SHAPES.items()}
-    g = mod._struct(grads)
+    g = _struct(mod, grads)
     gx = np.empty(mod.IN_SHAPE, mod.DTYPE)
     bwd = lib.m_default_64_backward
-    p = mod._struct(params)
+    p = _struct(mod, params)
     assert bwd(ctypes.byref(p), x.ctypes.data, gy.ctypes.data, ctypes.byref(g), gx.ctypes.data, ws.ctypes.data) == 0
     assert bwd(ctypes.byref(p), x.ctypes.data, gy.ctypes.data, None, gx.ctypes.data, ws.ctypes.data) == 1
     g.out1x1_weight = None
@@ -274,7 +299,7 @@ def test_unaligned_workspace_works(c_modules):
     want = mod.forward(params, x)
     buf = np.zeros(mod.WORKSPACE_BYTES + 3, np.uint8)
     y = np.empty(mod.OUT_SHAPE, mod.DTYPE)
-    rc = mod._lib.m_odd_32_forward(ctypes.byref(mod._struct(params)), x.ctypes.data, y.ctypes.data,
+    rc = mod._lib.m_odd_32_forward(ctypes.byref(_struct(mod, params)), x.ctypes.data, y.ctypes.data,
                                    buf.ctypes.data + 3)
     assert rc == 0 and np.array_equal(y, want)
 

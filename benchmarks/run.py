@@ -28,6 +28,9 @@ def parse_args(argv=None):
     ap.add_argument("--reps", type=int, default=5,
                     help="minimum timed repeats per measurement (repeats continue until ~0.5 s; "
                          "default %(default)s)")
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="rounds of (torch, targets...) per row, alternating; each target's time is "
+                         "its lowest per-round median (default %(default)s)")
     ap.add_argument("--min-time", type=float, default=0.5,
                     help="keep repeating until this many seconds are spent (default %(default)s)")
     ap.add_argument("--max-call", type=float, default=30.0,
@@ -53,6 +56,8 @@ def parse_args(argv=None):
         ap.error("--threads must be >= 1")
     if args.reps < 1:
         ap.error("--reps must be >= 1")
+    if args.rounds < 1:
+        ap.error("--rounds must be >= 1")
     return args
 
 
@@ -390,7 +395,9 @@ class Row:
 
 def run_row(spec, targets: list[str], args, gen_dir: Path) -> Row:
     """Prepare inputs (numpy module's init_params(0), fixed-seed x and grad_output, shared by all
-    targets), then run the torch worker and one worker per target, each in a fresh process."""
+    targets), then run the torch worker and one worker per target, each in a fresh process, for
+    args.rounds rounds. A target's time is its lowest per-round median: this VM's neighbours slow
+    it down in phases of seconds, and alternating rounds give every target a chance of a quiet one."""
     import subprocess
 
     cfg = make_config(*spec)
@@ -403,7 +410,7 @@ def run_row(spec, targets: list[str], args, gen_dir: Path) -> Row:
     gy = rng.standard_normal(ref.OUT_SHAPE).astype(dt)
     np.savez(gen_dir / f"{cfg.name}_inputs.npz", x=x, gy=gy,
              **{f"p_{k}": np.ascontiguousarray(v, dtype=dt) for k, v in ref.init_params(0).items()})
-    for t in ["torch"] + targets:
+    for t in (["torch"] + targets) * args.rounds:
         out = gen_dir / f"{cfg.name}.{t}.json"
         out.unlink(missing_ok=True)
         if t == "torch":
@@ -423,15 +430,17 @@ def run_row(spec, targets: list[str], args, gen_dir: Path) -> Row:
             continue
         res = json.loads(out.read_text())
         for mode, sec in res.get("times", {}).items():
-            row.times[(t, mode)] = sec
-            row.reps[(t, mode)] = res["reps"][mode]
-            row.mins[(t, mode)] = res.get("min", {}).get(mode)
+            key, fastest = (t, mode), res.get("min", {}).get(mode)
+            row.times[key] = min(sec, row.times.get(key, sec))
+            row.reps[key] = row.reps.get(key, 0) + res["reps"][mode]
+            if fastest is not None:
+                row.mins[key] = min(fastest, row.mins.get(key) or fastest)
         if "err" in res:
             row.errors[t] = res["err"]
         if "note" in res:
             row.notes[t] = res["note"]
         if "peak" in res:
-            row.torch_peak = res["peak"]
+            row.torch_peak = max(res["peak"], row.torch_peak or 0)
     if "c" in targets:
         row.ws_bytes = workspace_bytes(cfg, gen_dir)
     return row

@@ -115,6 +115,9 @@ static void kernel_pad(int C, int H, int W, int q, const float *restrict src, fl
 static void kernel_pack(int O, int C, int K, const float *restrict w, long base, long so, long sc, long si,
                         long sj, float *restrict wp)
 {
+    const int par = (double)O * C * K * K > PAR_MIN_ELEMS;
+    (void)par;
+    PARALLEL_FOR1
     for (int ob = 0; ob < (O + MR - 1) / MR; ++ob)
         for (int c = 0; c < C; ++c)
             for (int i = 0; i < K; ++i)

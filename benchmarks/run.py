@@ -29,8 +29,8 @@ def parse_args(argv=None):
                     help="minimum timed repeats per measurement (repeats continue until ~0.5 s; "
                          "default %(default)s)")
     ap.add_argument("--rounds", type=int, default=2,
-                    help="rounds of (torch, targets...) per row, alternating; each target's time is "
-                         "its lowest per-round median (default %(default)s)")
+                    help="passes over the whole matrix (torch, then each target, per row); each "
+                         "target's time is its lowest per-round median (default %(default)s)")
     ap.add_argument("--min-time", type=float, default=0.5,
                     help="keep repeating until this many seconds are spent (default %(default)s)")
     ap.add_argument("--max-call", type=float, default=30.0,
@@ -393,16 +393,11 @@ class Row:
         return row_label(self.cfg)
 
 
-def run_row(spec, targets: list[str], args, gen_dir: Path) -> Row:
-    """Prepare inputs (numpy module's init_params(0), fixed-seed x and grad_output, shared by all
-    targets), then run the torch worker and one worker per target, each in a fresh process, for
-    args.rounds rounds. A target's time is its lowest per-round median: this VM's neighbours slow
-    it down in phases of seconds, and alternating rounds give every target a chance of a quiet one."""
-    import subprocess
-
+def new_row(spec, gen_dir: Path) -> Row:
+    """A Row for spec, with its inputs saved for the workers: the numpy module's init_params(0),
+    fixed-seed x and grad_output, shared by all targets."""
     cfg = make_config(*spec)
     fwd_f, step_f = flops(cfg)
-    row = Row(cfg, fwd_f, step_f)
     ref = load_target(cfg, "numpy", gen_dir)
     dt = np.dtype(cfg.dtype)
     rng = np.random.default_rng(1)
@@ -410,7 +405,16 @@ def run_row(spec, targets: list[str], args, gen_dir: Path) -> Row:
     gy = rng.standard_normal(ref.OUT_SHAPE).astype(dt)
     np.savez(gen_dir / f"{cfg.name}_inputs.npz", x=x, gy=gy,
              **{f"p_{k}": np.ascontiguousarray(v, dtype=dt) for k, v in ref.init_params(0).items()})
-    for t in (["torch"] + targets) * args.rounds:
+    return Row(cfg, fwd_f, step_f)
+
+
+def run_row(row: Row, spec, targets: list[str], args, gen_dir: Path) -> None:
+    """One round of a row: the torch worker, then one worker per target, each in a fresh process.
+    A target's time is kept as its lowest median over the rounds (see main)."""
+    import subprocess
+
+    cfg = row.cfg
+    for t in ["torch"] + targets:
         out = gen_dir / f"{cfg.name}.{t}.json"
         out.unlink(missing_ok=True)
         if t == "torch":
@@ -443,7 +447,6 @@ def run_row(spec, targets: list[str], args, gen_dir: Path) -> Row:
             row.torch_peak = max(res["peak"], row.torch_peak or 0)
     if "c" in targets:
         row.ws_bytes = workspace_bytes(cfg, gen_dir)
-    return row
 
 
 # ---------------------------------------------------------------- reports
@@ -693,15 +696,23 @@ def main(args) -> int:
               f"(OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', 'unset')}); to let a current "
               "OpenBLAS pick its kernels, run with `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE` "
               "(see benchmarks/README.md)", flush=True)
-    rows = []
-    for i, spec in enumerate(rows_spec, 1):
-        cfg = make_config(*spec)
-        print(f"[{i}/{len(rows_spec)}] {cfg.name}: {flops(cfg)[0] / 1e9:.3f} GFLOP fwd", flush=True)
-        try:
-            rows.append(run_row(spec, args.targets, args, gen_dir))
-        except Exception:
-            traceback.print_exc()
-            print(f"  [{cfg.name}] row failed, continuing", flush=True)
+    # Rounds go over the whole matrix, so that a row's measurements lie minutes apart: this VM's
+    # neighbours slow everything down in phases of seconds to minutes, and a target's time is its
+    # lowest per-round median.
+    rows: dict[int, Row] = {}
+    for rnd in range(1, args.rounds + 1):
+        for i, spec in enumerate(rows_spec, 1):
+            cfg = make_config(*spec)
+            print(f"[round {rnd}/{args.rounds}, {i}/{len(rows_spec)}] {cfg.name}: "
+                  f"{flops(cfg)[0] / 1e9:.3f} GFLOP fwd", flush=True)
+            try:
+                if i not in rows:
+                    rows[i] = new_row(spec, gen_dir)
+                run_row(rows[i], spec, args.targets, args, gen_dir)
+            except Exception:
+                traceback.print_exc()
+                print(f"  [{cfg.name}] row failed, continuing", flush=True)
+    rows = [rows[i] for i in sorted(rows)]
     check1 = cpu_check(args.threads)
     info["cpu check"] = (f"{args.threads} concurrent busy processes ran at {check0:.0%} (start) and "
                          f"{check1:.0%} (end) of the speed of one alone; well below 100% means the "

@@ -265,7 +265,8 @@ def forward(params, x):
 
 def backward(params, x, grad_output):
     """Recompute the forward pass, then walk back. Returns (grads, grad_x); grads has the keys
-    of PARAM_SHAPES (the gradient of each parameter), grad_x = dL/dx."""
+    of PARAM_SHAPES (the gradient of each parameter: C-contiguous views of one buffer, new on
+    every call), grad_x = dL/dx."""
     _check_params(params)
     _check_array("x", x, IN_SHAPE)
     _check_array("grad_output", grad_output, OUT_SHAPE)

@@ -178,8 +178,9 @@ static inline vec vrelu(vec v)
 }
 
 
-/* One tile of CONV_S1: MR output channels x NV*VL output pixels of row h, in registers. */
-#define CONV_TILE(NV, C, K, Hp, Wp, H, W, O, XPAD, RELU, Y)                                   \
+/* One tile of CONV_S1: MR output channels x NV*VL output pixels of row h, in registers. XROW is an
+   expression in c and i: the first element of the padded input row h + i of channel c. */
+#define CONV_TILE(NV, C, K, XROW, H, W, O, RELU, Y)                                             \
     {                                                                                          \
         vec acc[MR][NV];                                                                       \
         for (int m = 0; m < MR; ++m)                                                           \
@@ -188,7 +189,7 @@ static inline vec vrelu(vec v)
         const float *restrict wq = wbase;                                                    \
         for (int c = 0; c < (C); ++c)                                                          \
             for (int i = 0; i < (K); ++i) {                                                    \
-                const float *restrict xr = (XPAD) + ((size_t)c * (Hp) + h + i) * (Wp) + w0;  \
+                const float *restrict xr = (XROW) + w0;                                      \
                 for (int j = 0; j < (K); ++j, wq += MR) {                                      \
                     vec xv[NV];                                                                \
                     for (int v = 0; v < NV; ++v)                                               \
@@ -206,9 +207,38 @@ static inline vec vrelu(vec v)
             }                                                                                  \
     }
 #else
-#define CONV_TILE(NV, C, K, Hp, Wp, H, W, O, XPAD, RELU, Y) {}
+#define CONV_TILE(NV, C, K, XROW, H, W, O, RELU, Y) {}
 #define VL 1
 #endif
+
+/* Output row h of CONV_S1 for the output-channel block ob: vector tiles, then scalar pixels. */
+#define CONV_ROW(C, O, H, W, K, XROW, WP, BIAS, RELU, Y)                                        \
+    {                                                                                          \
+        float bv[MR];                                                                        \
+        for (int m = 0; m < MR; ++m)                                                           \
+            bv[m] = ((BIAS) && ob * MR + m < (O)) ? (BIAS)[ob * MR + m] : 0;                   \
+        const float *restrict wbase = (WP) + (size_t)ob * (C) * (K) * (K) * MR;               \
+        int w0 = 0;                                                                            \
+        for (; w0 + 2 * VL <= (W) && VL > 1; w0 += 2 * VL)                                      \
+            CONV_TILE(2, C, K, XROW, H, W, O, RELU, Y)                                         \
+        for (; w0 + VL <= (W) && VL > 1; w0 += VL)                                              \
+            CONV_TILE(1, C, K, XROW, H, W, O, RELU, Y)                                         \
+        for (; w0 < (W); ++w0) {                                                               \
+            float acc[MR];                                                                   \
+            for (int m = 0; m < MR; ++m)                                                       \
+                acc[m] = bv[m];                                                                \
+            const float *restrict wq = wbase;                                                \
+            for (int c = 0; c < (C); ++c)                                                      \
+                for (int i = 0; i < (K); ++i) {                                                \
+                    const float *restrict xr = (XROW) + w0;                                  \
+                    for (int j = 0; j < (K); ++j, wq += MR)                                    \
+                        for (int m = 0; m < MR; ++m)                                           \
+                            acc[m] += wq[m] * xr[j];                                           \
+                }                                                                              \
+            for (int m = 0; m < MR && ob * MR + m < (O); ++m)                                  \
+                (Y)[((size_t)(ob * MR + m) * (H) + h) * (W) + w0] = (RELU) && acc[m] < 0 ? 0 : acc[m]; \
+        }                                                                                      \
+    }
 
 /* Y (O, H, W) = BIAS + stride-1 correlation of XPAD (C, H+K-1, W+K-1) with packed weights WP
    (kernel_pack), then relu when RELU is 1; BIAS may be NO_BIAS. Every size argument is a literal
@@ -219,34 +249,44 @@ static inline vec vrelu(vec v)
         (void)par;                                                                             \
         PARALLEL_FOR2                                                                          \
         for (int ob = 0; ob < ((O) + MR - 1) / MR; ++ob)                                       \
-            for (int h = 0; h < (H); ++h) {                                                    \
-                float bv[MR];                                                                \
-                for (int m = 0; m < MR; ++m)                                                   \
-                    bv[m] = ((BIAS) && ob * MR + m < (O)) ? (BIAS)[ob * MR + m] : 0;           \
-                const float *restrict wbase = (WP) + (size_t)ob * (C) * (K) * (K) * MR;       \
-                int w0 = 0;                                                                    \
-                for (; w0 + 2 * VL <= (W) && VL > 1; w0 += 2 * VL)                              \
-                    CONV_TILE(2, C, K, (H) + (K) - 1, (W) + (K) - 1, H, W, O, XPAD, RELU, Y)   \
-                for (; w0 + VL <= (W) && VL > 1; w0 += VL)                                      \
-                    CONV_TILE(1, C, K, (H) + (K) - 1, (W) + (K) - 1, H, W, O, XPAD, RELU, Y)   \
-                for (; w0 < (W); ++w0) {                                                       \
-                    float acc[MR];                                                           \
-                    for (int m = 0; m < MR; ++m)                                               \
-                        acc[m] = bv[m];                                                        \
-                    const float *restrict wq = wbase;                                        \
-                    for (int c = 0; c < (C); ++c)                                              \
-                        for (int i = 0; i < (K); ++i) {                                        \
-                            const float *restrict xr =                                       \
-                                (XPAD) + ((size_t)c * ((H) + (K) - 1) + h + i) * ((W) + (K) - 1) + w0; \
-                            for (int j = 0; j < (K); ++j, wq += MR)                            \
-                                for (int m = 0; m < MR; ++m)                                   \
-                                    acc[m] += wq[m] * xr[j];                                   \
-                        }                                                                      \
-                    for (int m = 0; m < MR && ob * MR + m < (O); ++m)                          \
-                        (Y)[((size_t)(ob * MR + m) * (H) + h) * (W) + w0] =                    \
-                            (RELU) && acc[m] < 0 ? 0 : acc[m];                                 \
-                }                                                                              \
+            for (int h = 0; h < (H); ++h)                                                      \
+                CONV_ROW(C, O, H, W, K, (XPAD) + ((size_t)c * ((H) + (K) - 1) + h + i) * ((W) + (K) - 1), \
+                         WP, BIAS, RELU, Y)                                                    \
+    }
+
+/* The same Y as CONV_S1 of X (C, H+K-1-2Q, W+K-1-2Q) zero-padded by Q, without a padded copy of X:
+   each group of RR output rows (the unit of work of a thread) keeps the K padded input rows it
+   needs of every channel in a ring on the stack (C*K*(W+K-1) elements, at most 64 KiB: the copy
+   stays in L1, where CONV_S1 reads a padded copy from L2). */
+#define RING_FILL(C, K, Q, HX, WX, WPAD, X, r)                                                 \
+    for (int c = 0; c < (C); ++c) { /* padded row r of channel c -> ring slot r % K */          \
+        float *restrict d_ = ring + ((size_t)c * (K) + (r) % (K)) * (WPAD);                   \
+        const int xr_ = (r) - (Q);                                                             \
+        if (xr_ < 0 || xr_ >= (HX)) {                                                          \
+            memset(d_, 0, sizeof ring[0] * (WPAD));                                            \
+            continue;                                                                          \
+        }                                                                                      \
+        for (int q_ = 0; q_ < (Q); ++q_)                                                       \
+            d_[q_] = d_[(Q) + (WX) + q_] = 0;                                                  \
+        memcpy(d_ + (Q), (X) + ((size_t)c * (HX) + xr_) * (WX), sizeof ring[0] * (WX));        \
+    }
+#define CONV_S1_RING(C, O, H, W, K, Q, RR, X, WP, BIAS, RELU, Y)                                \
+    {                                                                                          \
+        enum { HX_ = (H) + (K) - 1 - 2 * (Q), WX_ = (W) + (K) - 1 - 2 * (Q), WP_ = (W) + (K) - 1 }; \
+        const int par = (double)(O) * (H) * (W) * (C) * (K) * (K) > PAR_MIN;                   \
+        (void)par;                                                                             \
+        PARALLEL_FOR1                                                                          \
+        for (int g = 0; g < ((H) + (RR) - 1) / (RR); ++g) {                                    \
+            float ring[(C) * (K) * WP_];                                                      \
+            const int h0_ = g * (RR), h1_ = h0_ + (RR) < (H) ? h0_ + (RR) : (H);               \
+            for (int r = h0_; r < h0_ + (K) - 1; ++r)                                          \
+                RING_FILL(C, K, Q, HX_, WX_, WP_, X, r)                                        \
+            for (int h = h0_; h < h1_; ++h) {                                                  \
+                RING_FILL(C, K, Q, HX_, WX_, WP_, X, h + (K) - 1)                              \
+                for (int ob = 0; ob < ((O) + MR - 1) / MR; ++ob)                               \
+                    CONV_ROW(C, O, H, W, K, ring + ((size_t)c * (K) + (h + i) % (K)) * WP_, WP, BIAS, RELU, Y) \
             }                                                                                  \
+        }                                                                                      \
     }
 
 /* offset in XPAD (C, H+K-1, W+K-1) of weight-gradient entry n = (c, i, j) at pixel (h, 0) */
@@ -426,18 +466,16 @@ static inline float unet2_small_sum(const float *restrict a, int n)
 /* conv2d down1_1: x -> z1 */
 static void k00_conv2d_down1_1_relu(const float *restrict x, const float *restrict w, const float *restrict b, float *restrict out, float *restrict scratch)
 {
-    kernel_pad(1, 16, 12, 1, x, scratch);
-    kernel_pack(4, 1, 3, w, 0, 9, 9, 3, 1, scratch + 256);
-    CONV_S1(1, 4, 16, 12, 3, scratch, scratch + 256, b, 1, out);
+    kernel_pack(4, 1, 3, w, 0, 9, 9, 3, 1, scratch);
+    CONV_S1_RING(1, 4, 16, 12, 3, 1, 2, x, scratch, b, 1, out);
 }
 
 
 /* conv2d down1_2: s1 -> z2 */
 static void k02_conv2d_down1_2_relu(const float *restrict x, const float *restrict w, const float *restrict b, float *restrict out, float *restrict scratch)
 {
-    kernel_pad(4, 16, 12, 1, x, scratch);
-    kernel_pack(4, 4, 3, w, 0, 36, 9, 3, 1, scratch + 1008);
-    CONV_S1(4, 4, 16, 12, 3, scratch, scratch + 1008, b, 1, out);
+    kernel_pack(4, 4, 3, w, 0, 36, 9, 3, 1, scratch);
+    CONV_S1_RING(4, 4, 16, 12, 3, 1, 2, x, scratch, b, 1, out);
 }
 
 
@@ -467,18 +505,16 @@ static void k04_maxpool2d_pool(const float *restrict in, float *restrict out)
 /* conv2d down2_1: pooled -> z3 */
 static void k05_conv2d_down2_1_relu(const float *restrict x, const float *restrict w, const float *restrict b, float *restrict out, float *restrict scratch)
 {
-    kernel_pad(4, 8, 6, 1, x, scratch);
-    kernel_pack(8, 4, 3, w, 0, 36, 9, 3, 1, scratch + 320);
-    CONV_S1(4, 8, 8, 6, 3, scratch, scratch + 320, b, 1, out);
+    kernel_pack(8, 4, 3, w, 0, 36, 9, 3, 1, scratch);
+    CONV_S1_RING(4, 8, 8, 6, 3, 1, 1, x, scratch, b, 1, out);
 }
 
 
 /* conv2d down2_2: b1 -> z4 */
 static void k07_conv2d_down2_2_relu(const float *restrict x, const float *restrict w, const float *restrict b, float *restrict out, float *restrict scratch)
 {
-    kernel_pad(8, 8, 6, 1, x, scratch);
-    kernel_pack(8, 8, 3, w, 0, 72, 9, 3, 1, scratch + 640);
-    CONV_S1(8, 8, 8, 6, 3, scratch, scratch + 640, b, 1, out);
+    kernel_pack(8, 8, 3, w, 0, 72, 9, 3, 1, scratch);
+    CONV_S1_RING(8, 8, 8, 6, 3, 1, 1, x, scratch, b, 1, out);
 }
 
 
@@ -494,18 +530,16 @@ static void k09_conv_transpose2d_upT(const float *restrict x, const float *restr
 /* conv2d up1_1: merged -> z5 */
 static void k11_conv2d_up1_1_relu(const float *restrict x, const float *restrict w, const float *restrict b, float *restrict out, float *restrict scratch)
 {
-    kernel_pad(8, 16, 12, 1, x, scratch);
-    kernel_pack(4, 8, 3, w, 0, 72, 9, 3, 1, scratch + 2016);
-    CONV_S1(8, 4, 16, 12, 3, scratch, scratch + 2016, b, 1, out);
+    kernel_pack(4, 8, 3, w, 0, 72, 9, 3, 1, scratch);
+    CONV_S1_RING(8, 4, 16, 12, 3, 1, 2, x, scratch, b, 1, out);
 }
 
 
 /* conv2d up1_2: u1 -> z6 */
 static void k13_conv2d_up1_2_relu(const float *restrict x, const float *restrict w, const float *restrict b, float *restrict out, float *restrict scratch)
 {
-    kernel_pad(4, 16, 12, 1, x, scratch);
-    kernel_pack(4, 4, 3, w, 0, 36, 9, 3, 1, scratch + 1008);
-    CONV_S1(4, 4, 16, 12, 3, scratch, scratch + 1008, b, 1, out);
+    kernel_pack(4, 4, 3, w, 0, 36, 9, 3, 1, scratch);
+    CONV_S1_RING(4, 4, 16, 12, 3, 1, 2, x, scratch, b, 1, out);
 }
 
 
@@ -577,9 +611,8 @@ static void k21_bias_grad_up1_2_bias(const float *restrict in, float *restrict o
 /* conv2d_grad_input up1_2: d_z6__u2 -> d_u1__up1_2 */
 static void k22_conv2d_grad_input_up1_2(const float *restrict dy, const float *restrict w, float *restrict out, float *restrict scratch)
 {
-    kernel_pad(4, 16, 12, 1, dy, scratch);
-    kernel_pack(4, 4, 3, w, 8, 9, 36, -3, -1, scratch + 1008);
-    CONV_S1(4, 4, 16, 12, 3, scratch, scratch + 1008, NO_BIAS, 0, out);
+    kernel_pack(4, 4, 3, w, 8, 9, 36, -3, -1, scratch);
+    CONV_S1_RING(4, 4, 16, 12, 3, 1, 2, dy, scratch, NO_BIAS, 0, out);
 }
 
 
@@ -616,9 +649,8 @@ static void k25_bias_grad_up1_1_bias(const float *restrict in, float *restrict o
 /* conv2d_grad_input up1_1: d_z5__u1 -> d_merged__up1_1 */
 static void k26_conv2d_grad_input_up1_1(const float *restrict dy, const float *restrict w, float *restrict out, float *restrict scratch)
 {
-    kernel_pad(4, 16, 12, 1, dy, scratch);
-    kernel_pack(8, 4, 3, w, 8, 9, 72, -3, -1, scratch + 1008);
-    CONV_S1(4, 8, 16, 12, 3, scratch, scratch + 1008, NO_BIAS, 0, out);
+    kernel_pack(8, 4, 3, w, 8, 9, 72, -3, -1, scratch);
+    CONV_S1_RING(4, 8, 16, 12, 3, 1, 2, dy, scratch, NO_BIAS, 0, out);
 }
 
 
@@ -683,9 +715,8 @@ static void k34_bias_grad_down2_2_bias(const float *restrict in, float *restrict
 /* conv2d_grad_input down2_2: d_z4__bottleneck -> d_b1__down2_2 */
 static void k35_conv2d_grad_input_down2_2(const float *restrict dy, const float *restrict w, float *restrict out, float *restrict scratch)
 {
-    kernel_pad(8, 8, 6, 1, dy, scratch);
-    kernel_pack(8, 8, 3, w, 8, 9, 72, -3, -1, scratch + 640);
-    CONV_S1(8, 8, 8, 6, 3, scratch, scratch + 640, NO_BIAS, 0, out);
+    kernel_pack(8, 8, 3, w, 8, 9, 72, -3, -1, scratch);
+    CONV_S1_RING(8, 8, 8, 6, 3, 1, 1, dy, scratch, NO_BIAS, 0, out);
 }
 
 
@@ -722,9 +753,8 @@ static void k38_bias_grad_down2_1_bias(const float *restrict in, float *restrict
 /* conv2d_grad_input down2_1: d_z3__b1 -> d_pooled__down2_1 */
 static void k39_conv2d_grad_input_down2_1(const float *restrict dy, const float *restrict w, float *restrict out, float *restrict scratch)
 {
-    kernel_pad(8, 8, 6, 1, dy, scratch);
-    kernel_pack(4, 8, 3, w, 8, 9, 36, -3, -1, scratch + 640);
-    CONV_S1(8, 4, 8, 6, 3, scratch, scratch + 640, NO_BIAS, 0, out);
+    kernel_pack(4, 8, 3, w, 8, 9, 36, -3, -1, scratch);
+    CONV_S1_RING(8, 4, 8, 6, 3, 1, 1, dy, scratch, NO_BIAS, 0, out);
 }
 
 
@@ -802,9 +832,8 @@ static void k44_bias_grad_down1_2_bias(const float *restrict in, float *restrict
 /* conv2d_grad_input down1_2: d_z2__skip1 -> d_s1__down1_2 */
 static void k45_conv2d_grad_input_down1_2(const float *restrict dy, const float *restrict w, float *restrict out, float *restrict scratch)
 {
-    kernel_pad(4, 16, 12, 1, dy, scratch);
-    kernel_pack(4, 4, 3, w, 8, 9, 36, -3, -1, scratch + 1008);
-    CONV_S1(4, 4, 16, 12, 3, scratch, scratch + 1008, NO_BIAS, 0, out);
+    kernel_pack(4, 4, 3, w, 8, 9, 36, -3, -1, scratch);
+    CONV_S1_RING(4, 4, 16, 12, 3, 1, 2, dy, scratch, NO_BIAS, 0, out);
 }
 
 
@@ -841,9 +870,8 @@ static void k48_bias_grad_down1_1_bias(const float *restrict in, float *restrict
 /* conv2d_grad_input down1_1: d_z1__s1 -> d_x__down1_1 */
 static void k49_conv2d_grad_input_down1_1(const float *restrict dy, const float *restrict w, float *restrict out, float *restrict scratch)
 {
-    kernel_pad(4, 16, 12, 1, dy, scratch);
-    kernel_pack(1, 4, 3, w, 8, 9, 9, -3, -1, scratch + 1008);
-    CONV_S1(4, 1, 16, 12, 3, scratch, scratch + 1008, NO_BIAS, 0, out);
+    kernel_pack(1, 4, 3, w, 8, 9, 9, -3, -1, scratch);
+    CONV_S1_RING(4, 1, 16, 12, 3, 1, 2, dy, scratch, NO_BIAS, 0, out);
 }
 
 

@@ -39,7 +39,7 @@
 #define UNET2_SMALL_OUT_C 2
 #define UNET2_SMALL_OUT_H 16
 #define UNET2_SMALL_OUT_W 12
-#define UNET2_SMALL_WORKSPACE_BYTES 35776u
+#define UNET2_SMALL_WORKSPACE_BYTES 33472u
 
 #define UNET2_SMALL_OK 0
 #define UNET2_SMALL_ERR_NULL 1 /* a required pointer argument (or a member of p / g) is NULL */

@@ -111,7 +111,7 @@ def _check_params(params):
         _check_array(f"params[{name!r}]", params[name], shape)
 
 
-WORKSPACE_BYTES = 35776
+WORKSPACE_BYTES = 33472
 DEFAULT_CFLAGS = "-O3 -march=native -ffp-contract=fast -fopenmp -std=c99"
 FALLBACK_CFLAGS = "-O3 -std=c99"  # when the compiler refuses the defaults (no OpenMP, no -march=native)
 _HERE = os.path.dirname(os.path.abspath(__file__))

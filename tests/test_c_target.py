@@ -91,6 +91,32 @@ def test_matches_pytorch_autograd(case, dtype, c_modules):
     assert np.array_equal(mod.forward(params, x), y)
 
 
+@pytest.mark.parametrize("case", ["conv5", "wide_tall"])
+def test_padded_copy_path_matches_pytorch(case, tmp_path, cache_dir, monkeypatch):
+    """Every matrix config is small enough for CONV_S1_RING (padded rows in a stack ring); with the
+    ring disabled, stride-1 convs and their input gradients pad a copy and run CONV_S1 (the path
+    of large layers). Both dtypes, against PyTorch autograd."""
+    monkeypatch.setattr(c_target, "RING_BYTES", 0)
+    for dtype in DTYPES:
+        cfg = cfg_of(case, dtype)
+        paths = emit(cfg, "c", tmp_path / dtype)
+        src = next(p for p in paths if p.suffix == ".c").read_text()
+        assert "    CONV_S1_RING(" not in src and src.count("    CONV_S1(") >= 8
+        mod = load_module(next(p for p in paths if p.name.endswith("_c.py")), f"c_pad_{case}_{dtype}")
+        params, x, gy = random_inputs(mod, seed=3)
+        grads, gx = mod.backward(params, x, gy)
+        ry, rgrads, rgx = torch_reference(cfg, params, x, gy)
+        errs = [rel_err(mod.forward(params, x), ry), rel_err(gx, rgx)] + [rel_err(grads[k], rgrads[k]) for k in rgrads]
+        assert max(errs) <= TOL[dtype], errs
+
+
+def test_matrix_uses_the_ring_conv(c_modules):
+    """The default emission of the matrix configs runs its padded convs through CONV_S1_RING."""
+    mod = c_modules[0][("wide_tall", "float32")]
+    src = open(mod._SOURCE).read()
+    assert src.count("    CONV_S1_RING(") >= 8 and "kernel_pad(" in src  # the weight gradients still pad
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_spec_pool_matches_numpy_target(dtype, c_modules):
     """Spec max-pool rule: against the NumPy target, on data where the spec rule and PyTorch's

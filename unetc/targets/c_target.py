@@ -178,6 +178,7 @@ def _verify(ph: Phase, sp: Specialized, esize: int) -> None:
 
 MR = 8  # output channels per register block of CONV_S1 (templates/c_kernels.j2)
 VMAX = 64  # bytes of the widest vector the C may use (VBYTES, templates/c_kernels.j2)
+RING_BYTES = 65536  # at most this many stack bytes for CONV_S1_RING's ring of padded rows
 WPB = 1024  # pixels per block of the outer-product weight gradient (WPB in c_kernels.j2)
 WGRAD_OP_MIN_O = 17  # output channels from which the weight gradient uses WGRAD_OP (more than one
 # 64-byte float32 vector: at one vector per tile its 6 broadcasts per FMA row lose to WGRAD_S1) ...
@@ -212,6 +213,19 @@ def _padded(alloc: _Scratch, steps: list[str], src: str, c: int, h: int, w: int,
     dst = alloc(c * (h + 2 * q) * (w + 2 * q))
     steps.append(f"kernel_pad({c}, {h}, {w}, {q}, {src}, {dst})")
     return dst
+
+
+def _conv_s1(alloc: _Scratch, steps: list[str], src: str, c: int, o: int, in_hw, out_hw, k: int, q: int,
+             wp: str, bias: str, relu: bool) -> str:
+    """C text of out (o, out_hw) = bias + stride-1 correlation of src (c, in_hw) zero-padded by q
+    with the packed weights wp (then relu): CONV_S1_RING when its ring of c*k padded rows fits in
+    RING_BYTES, else CONV_S1 on a padded copy (whose kernel_pad is appended to steps)."""
+    (h, w), (ho, wo) = in_hw, out_hw
+    if q > 0 and c * k * (wo + k - 1) * alloc.esize <= RING_BYTES:
+        rows = max(1, min(8, ho // 8))  # rows per group: 8 groups or more (8 rows measured best at 64x64)
+        return f"CONV_S1_RING({c}, {o}, {ho}, {wo}, {k}, {q}, {rows}, {src}, {wp}, {bias}, {int(relu)}, out)"
+    xpad = _padded(alloc, steps, src, c, h, w, q)
+    return f"CONV_S1({c}, {o}, {ho}, {wo}, {k}, {xpad}, {wp}, {bias}, {int(relu)}, out)"
 
 
 def _gather(alloc: _Scratch, src: str, n_in: int, n_out: int, k: int, s: int, p: int, in_hw, out_hw,
@@ -288,19 +302,17 @@ def conv_steps(op, sp: Specialized, esize: int, relu: bool = False) -> tuple[lis
     if op.kind == "conv2d":
         (c, h, w), (o, ho, wo) = sh[op.inputs[0]], sh[op.output]
         if s == 1:
-            src = _padded(alloc, steps, "x", c, h, w, p)
             wp = alloc(_packed(o, c, k))
-            steps += [f"kernel_pack({o}, {c}, {k}, w, 0, {c * kk}, {kk}, {k}, 1, {wp})",
-                      f"CONV_S1({c}, {o}, {ho}, {wo}, {k}, {src}, {wp}, b, {int(relu)}, out)"]
+            steps.append(f"kernel_pack({o}, {c}, {k}, w, 0, {c * kk}, {kk}, {k}, 1, {wp})")
+            steps.append(_conv_s1(alloc, steps, "x", c, o, (h, w), (ho, wo), k, p, wp, "b", relu))
         else:
             steps += _gather(alloc, "x", c, o, k, s, p, (h, w), (ho, wo), "b", relu)
     elif op.kind == "conv2d_grad_input":
         (o, ho, wo), (c, h, w) = sh[op.inputs[0]], sh[op.output]
         if s == 1 and p <= k - 1:  # a stride-1 correlation with the rotated, transposed weight
-            src = _padded(alloc, steps, "dy", o, ho, wo, k - 1 - p)
             wp = alloc(_packed(c, o, k))
-            steps += [f"kernel_pack({c}, {o}, {k}, w, {(k - 1) * k + k - 1}, {kk}, {c * kk}, {-k}, -1, {wp})",
-                      f"CONV_S1({o}, {c}, {h}, {w}, {k}, {src}, {wp}, NO_BIAS, 0, out)"]
+            steps.append(f"kernel_pack({c}, {o}, {k}, w, {(k - 1) * k + k - 1}, {kk}, {c * kk}, {-k}, -1, {wp})")
+            steps.append(_conv_s1(alloc, steps, "dy", o, c, (ho, wo), (h, w), k, k - 1 - p, wp, "NO_BIAS", False))
         else:
             steps += _scatter(alloc, "dy", o, c, k, s, p, (ho, wo), (h, w), "NO_BIAS")
     elif op.kind == "conv2d_grad_weight":

@@ -27,7 +27,8 @@
 // Arrays are contiguous, (C, H, W) without a batch axis; parameters in PyTorch layouts:
 // conv weight (out, in, k, k), transposed-conv weight (in, out, k, k), bias (out).
 // Arrays passed to one call must not overlap each other or the workspace.
-// The functions are reentrant: all state lives in ws (one ws per concurrent call).
+// The functions are reentrant: all state lives in ws (one ws per concurrent call). Besides ws they
+// use at most 1344 bytes of stack per thread for kernel temporaries (plus ordinary frames).
 #ifndef UNET2_SMALL_H
 #define UNET2_SMALL_H
 

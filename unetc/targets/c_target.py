@@ -191,10 +191,11 @@ CONV_KINDS = ("conv2d", "conv_transpose2d", "conv2d_grad_input", "conv_transpose
 
 
 class _Scratch:
-    """Bump allocator for one op's temporaries in the scratch area (offsets in elements, aligned)."""
+    """Bump allocator for one op's temporaries in the scratch area (offsets in elements, aligned);
+    also records the most stack bytes per thread a kernel of the op declares (``stack``)."""
 
     def __init__(self, esize: int):
-        self.esize, self.used = esize, 0
+        self.esize, self.used, self.stack = esize, 0, 0
 
     def __call__(self, n: int) -> str:
         off = self.used
@@ -221,7 +222,9 @@ def _conv_s1(alloc: _Scratch, steps: list[str], src: str, c: int, o: int, in_hw,
     with the packed weights wp (then relu): CONV_S1_RING when its ring of c*k padded rows fits in
     RING_BYTES, else CONV_S1 on a padded copy (whose kernel_pad is appended to steps)."""
     (h, w), (ho, wo) = in_hw, out_hw
-    if q > 0 and c * k * (wo + k - 1) * alloc.esize <= RING_BYTES:
+    ring = c * k * (wo + k - 1) * alloc.esize
+    if q > 0 and ring <= RING_BYTES:
+        alloc.stack = max(alloc.stack, ring)
         rows = max(1, min(8, ho // 8))  # rows per group: 8 groups or more (8 rows measured best at 64x64)
         return f"CONV_S1_RING({c}, {o}, {ho}, {wo}, {k}, {q}, {rows}, {src}, {wp}, {bias}, {int(relu)}, out)"
     xpad = _padded(alloc, steps, src, c, h, w, q)
@@ -291,14 +294,24 @@ def _wgrad_s1(alloc: _Scratch, c: int, o: int, h: int, w: int, k: int, xpad: str
     return f"WGRAD_OP({c}, {o}, {h}, {w}, {k}, {xpad}, {dy}, {dt}, {dwt}, out)"
 
 
-def conv_steps(op, sp: Specialized, esize: int, relu: bool = False) -> tuple[list[str], int]:
+def stack_bytes(sp: Specialized) -> int:
+    """The most stack bytes per thread any conv kernel of sp declares (CONV_S1_RING's ring)."""
+    allocs = [_Scratch(_esize(sp)) for _ in sp.forward_ops + sp.backward_ops]
+    for op, alloc in zip(sp.forward_ops + sp.backward_ops, allocs):
+        if op.kind in CONV_KINDS:
+            conv_steps(op, sp, alloc.esize, alloc=alloc)
+    return max(a.stack for a in allocs)
+
+
+def conv_steps(op, sp: Specialized, esize: int, relu: bool = False,
+               alloc: _Scratch | None = None) -> tuple[list[str], int]:
     """The kernel calls (C text) that compute one conv-like op, and the scratch elements they use.
     Stride-1 convolutions and their input gradients run CONV_S1 directly on the zero-padded
     input; everything else goes through im2col / col2im around a 1x1 CONV_S1 or _wgrad_s1.
     ``relu`` (conv2d only) applies the following relu in the same pass."""
     sh, fwd = sp.shapes, op.fwd if hasattr(op, "fwd") else op
     k, s, p, kk = fwd.k, fwd.s, fwd.p, fwd.k * fwd.k
-    alloc, steps = _Scratch(esize), []
+    alloc, steps = alloc or _Scratch(esize), []
     if op.kind == "conv2d":
         (c, h, w), (o, ho, wo) = sh[op.inputs[0]], sh[op.output]
         if s == 1:
@@ -520,7 +533,8 @@ def files(sp: Specialized, testbench: bool = False) -> dict[str, str]:
     pinfo = [(var(p), p, shape) for p, shape in sp.params.items()]
     common = dict(banner_c=banner(cfg, "//"), banner_py=banner(cfg, "#"), cfg=cfg, name=name,
                   NAME=name.upper(), T=T, params=sp.params, pnames=pnames, pinfo=pinfo, in_shape=sp.in_shape,
-                  out_shape=sp.out_shape, ws_bytes=ws, align=ALIGN, scratch_off=scratch_off)
+                  out_shape=sp.out_shape, ws_bytes=ws, align=ALIGN, scratch_off=scratch_off,
+                  stack=stack_bytes(sp))
     out = {
         f"{name}.h": render("c_header.h.j2", **common),
         f"{name}.c": render("c_source.c.j2", kernels=kern_list, helpers=helpers, fwd=fctx, bwd=bctx, **common),

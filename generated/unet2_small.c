@@ -110,24 +110,24 @@ static void kernel_pad(int C, int H, int W, int q, const float *restrict src, fl
     }
 
 
-/* wp (ceil(O/MR), C, K, K, MR) = w[base + o*so + c*sc + i*si + j*sj], rows o >= O zero. The strides
-   view any weight as an (O, C, K, K) correlation kernel: as stored, transposed, or rotated by 180. */
-static void kernel_pack(int O, int C, int K, const float *restrict w, long base, long so, long sc, long si,
-                        long sj, float *restrict wp)
-{
-    const int par = (double)O * C * K * K > PAR_MIN_ELEMS;
-    (void)par;
-    PARALLEL_FOR1
-    for (int ob = 0; ob < (O + MR - 1) / MR; ++ob)
-        for (int c = 0; c < C; ++c)
-            for (int i = 0; i < K; ++i)
-                for (int j = 0; j < K; ++j)
-                    for (int m = 0; m < MR; ++m) {
-                        const int o = ob * MR + m;
-                        wp[((((size_t)ob * C + c) * K + i) * K + j) * MR + m] =
-                            o < O ? w[base + o * so + c * sc + i * si + j * sj] : 0;
-                    }
-}
+/* WP (ceil(O/MR), C, K, K, MR) = W[BASE + o*SO + c*SC + i*SI + j*SJ], rows o >= O zero. The strides
+   view any weight as an (O, C, K, K) correlation kernel: as stored, transposed, or rotated by 180.
+   Laid out per call with literal sizes and strides (the index arithmetic folds away). */
+#define PACK(O, C, K, W, BASE, SO, SC, SI, SJ, WP)                                              \
+    {                                                                                          \
+        const int par = (double)(O) * (C) * (K) * (K) > PAR_MIN_ELEMS;                         \
+        (void)par;                                                                             \
+        PARALLEL_FOR1                                                                          \
+        for (int ob = 0; ob < ((O) + MR - 1) / MR; ++ob)                                       \
+            for (int c = 0; c < (C); ++c)                                                      \
+                for (int i = 0; i < (K); ++i)                                                  \
+                    for (int j = 0; j < (K); ++j)                                              \
+                        for (int m = 0; m < MR; ++m) {                                         \
+                            const int o = ob * MR + m;                                         \
+                            (WP)[((((size_t)ob * (C) + c) * (K) + i) * (K) + j) * MR + m] =    \
+                                o < (O) ? (W)[(BASE) + o * (long)(SO) + c * (long)(SC) + i * (long)(SI) + j * (long)(SJ)] : 0; \
+                        }                                                                      \
+    }
 
 #if (defined(__GNUC__) || defined(__clang__)) && !defined(UNETC_PORTABLE)
 #if defined(__AVX512F__)
@@ -241,7 +241,7 @@ static inline vec vrelu(vec v)
     }
 
 /* Y (O, H, W) = BIAS + stride-1 correlation of XPAD (C, H+K-1, W+K-1) with packed weights WP
-   (kernel_pack), then relu when RELU is 1; BIAS may be NO_BIAS. Every size argument is a literal
+   (PACK), then relu when RELU is 1; BIAS may be NO_BIAS. Every size argument is a literal
    at the call site, so the loop nest is compiled for that layer's exact shape. */
 #define CONV_S1(C, O, H, W, K, XPAD, WP, BIAS, RELU, Y)                                             \
     {                                                                                          \
@@ -466,7 +466,7 @@ static inline float unet2_small_sum(const float *restrict a, int n)
 /* conv2d down1_1: x -> z1 */
 static void k00_conv2d_down1_1_relu(const float *restrict x, const float *restrict w, const float *restrict b, float *restrict out, float *restrict scratch)
 {
-    kernel_pack(4, 1, 3, w, 0, 9, 9, 3, 1, scratch);
+    PACK(4, 1, 3, w, 0, 9, 9, 3, 1, scratch);
     CONV_S1_RING(1, 4, 16, 12, 3, 1, 2, x, scratch, b, 1, out);
 }
 
@@ -474,7 +474,7 @@ static void k00_conv2d_down1_1_relu(const float *restrict x, const float *restri
 /* conv2d down1_2: s1 -> z2 */
 static void k02_conv2d_down1_2_relu(const float *restrict x, const float *restrict w, const float *restrict b, float *restrict out, float *restrict scratch)
 {
-    kernel_pack(4, 4, 3, w, 0, 36, 9, 3, 1, scratch);
+    PACK(4, 4, 3, w, 0, 36, 9, 3, 1, scratch);
     CONV_S1_RING(4, 4, 16, 12, 3, 1, 2, x, scratch, b, 1, out);
 }
 
@@ -505,7 +505,7 @@ static void k04_maxpool2d_pool(const float *restrict in, float *restrict out)
 /* conv2d down2_1: pooled -> z3 */
 static void k05_conv2d_down2_1_relu(const float *restrict x, const float *restrict w, const float *restrict b, float *restrict out, float *restrict scratch)
 {
-    kernel_pack(8, 4, 3, w, 0, 36, 9, 3, 1, scratch);
+    PACK(8, 4, 3, w, 0, 36, 9, 3, 1, scratch);
     CONV_S1_RING(4, 8, 8, 6, 3, 1, 1, x, scratch, b, 1, out);
 }
 
@@ -513,7 +513,7 @@ static void k05_conv2d_down2_1_relu(const float *restrict x, const float *restri
 /* conv2d down2_2: b1 -> z4 */
 static void k07_conv2d_down2_2_relu(const float *restrict x, const float *restrict w, const float *restrict b, float *restrict out, float *restrict scratch)
 {
-    kernel_pack(8, 8, 3, w, 0, 72, 9, 3, 1, scratch);
+    PACK(8, 8, 3, w, 0, 72, 9, 3, 1, scratch);
     CONV_S1_RING(8, 8, 8, 6, 3, 1, 1, x, scratch, b, 1, out);
 }
 
@@ -521,7 +521,7 @@ static void k07_conv2d_down2_2_relu(const float *restrict x, const float *restri
 /* conv_transpose2d upT: bottleneck -> up */
 static void k09_conv_transpose2d_upT(const float *restrict x, const float *restrict w, const float *restrict b, float *restrict out, float *restrict scratch)
 {
-    kernel_pack(16, 8, 1, w, 0, 1, 16, 0, 0, scratch);
+    PACK(16, 8, 1, w, 0, 1, 16, 0, 0, scratch);
     CONV_S1(8, 16, 8, 6, 1, x, scratch, NO_BIAS, 0, scratch + 128);
     COL2IM_TILED(4, 2, 8, 6, scratch + 128, b, out);
 }
@@ -530,7 +530,7 @@ static void k09_conv_transpose2d_upT(const float *restrict x, const float *restr
 /* conv2d up1_1: merged -> z5 */
 static void k11_conv2d_up1_1_relu(const float *restrict x, const float *restrict w, const float *restrict b, float *restrict out, float *restrict scratch)
 {
-    kernel_pack(4, 8, 3, w, 0, 72, 9, 3, 1, scratch);
+    PACK(4, 8, 3, w, 0, 72, 9, 3, 1, scratch);
     CONV_S1_RING(8, 4, 16, 12, 3, 1, 2, x, scratch, b, 1, out);
 }
 
@@ -538,7 +538,7 @@ static void k11_conv2d_up1_1_relu(const float *restrict x, const float *restrict
 /* conv2d up1_2: u1 -> z6 */
 static void k13_conv2d_up1_2_relu(const float *restrict x, const float *restrict w, const float *restrict b, float *restrict out, float *restrict scratch)
 {
-    kernel_pack(4, 4, 3, w, 0, 36, 9, 3, 1, scratch);
+    PACK(4, 4, 3, w, 0, 36, 9, 3, 1, scratch);
     CONV_S1_RING(4, 4, 16, 12, 3, 1, 2, x, scratch, b, 1, out);
 }
 
@@ -546,7 +546,7 @@ static void k13_conv2d_up1_2_relu(const float *restrict x, const float *restrict
 /* conv2d out1x1: u2 -> y */
 static void k15_conv2d_out1x1(const float *restrict x, const float *restrict w, const float *restrict b, float *restrict out, float *restrict scratch)
 {
-    kernel_pack(2, 4, 1, w, 0, 4, 1, 1, 1, scratch);
+    PACK(2, 4, 1, w, 0, 4, 1, 1, 1, scratch);
     CONV_S1(4, 2, 16, 12, 1, x, scratch, b, 0, out);
 }
 
@@ -573,7 +573,7 @@ static void k17_bias_grad_out1x1_bias(const float *restrict in, float *restrict 
 /* conv2d_grad_input out1x1: grad_y -> d_u2__out1x1 */
 static void k18_conv2d_grad_input_out1x1(const float *restrict dy, const float *restrict w, float *restrict out, float *restrict scratch)
 {
-    kernel_pack(4, 2, 1, w, 0, 1, 4, -1, -1, scratch);
+    PACK(4, 2, 1, w, 0, 1, 4, -1, -1, scratch);
     CONV_S1(2, 4, 16, 12, 1, dy, scratch, NO_BIAS, 0, out);
 }
 
@@ -611,7 +611,7 @@ static void k21_bias_grad_up1_2_bias(const float *restrict in, float *restrict o
 /* conv2d_grad_input up1_2: d_z6__u2 -> d_u1__up1_2 */
 static void k22_conv2d_grad_input_up1_2(const float *restrict dy, const float *restrict w, float *restrict out, float *restrict scratch)
 {
-    kernel_pack(4, 4, 3, w, 8, 9, 36, -3, -1, scratch);
+    PACK(4, 4, 3, w, 8, 9, 36, -3, -1, scratch);
     CONV_S1_RING(4, 4, 16, 12, 3, 1, 2, dy, scratch, NO_BIAS, 0, out);
 }
 
@@ -649,7 +649,7 @@ static void k25_bias_grad_up1_1_bias(const float *restrict in, float *restrict o
 /* conv2d_grad_input up1_1: d_z5__u1 -> d_merged__up1_1 */
 static void k26_conv2d_grad_input_up1_1(const float *restrict dy, const float *restrict w, float *restrict out, float *restrict scratch)
 {
-    kernel_pack(8, 4, 3, w, 8, 9, 72, -3, -1, scratch);
+    PACK(8, 4, 3, w, 8, 9, 72, -3, -1, scratch);
     CONV_S1_RING(4, 8, 16, 12, 3, 1, 2, dy, scratch, NO_BIAS, 0, out);
 }
 
@@ -677,7 +677,7 @@ static void k30_bias_grad_upT_bias(const float *restrict in, float *restrict out
 static void k31_conv_transpose2d_grad_input_upT(const float *restrict dy, const float *restrict w, float *restrict out, float *restrict scratch)
 {
     IM2COL_P0(4, 16, 12, 2, 2, 8, 6, dy, scratch);
-    kernel_pack(8, 16, 1, w, 0, 16, 1, 0, 0, scratch + 768);
+    PACK(8, 16, 1, w, 0, 16, 1, 0, 0, scratch + 768);
     CONV_S1(16, 8, 8, 6, 1, scratch, scratch + 768, NO_BIAS, 0, out);
 }
 
@@ -715,7 +715,7 @@ static void k34_bias_grad_down2_2_bias(const float *restrict in, float *restrict
 /* conv2d_grad_input down2_2: d_z4__bottleneck -> d_b1__down2_2 */
 static void k35_conv2d_grad_input_down2_2(const float *restrict dy, const float *restrict w, float *restrict out, float *restrict scratch)
 {
-    kernel_pack(8, 8, 3, w, 8, 9, 72, -3, -1, scratch);
+    PACK(8, 8, 3, w, 8, 9, 72, -3, -1, scratch);
     CONV_S1_RING(8, 8, 8, 6, 3, 1, 1, dy, scratch, NO_BIAS, 0, out);
 }
 
@@ -753,7 +753,7 @@ static void k38_bias_grad_down2_1_bias(const float *restrict in, float *restrict
 /* conv2d_grad_input down2_1: d_z3__b1 -> d_pooled__down2_1 */
 static void k39_conv2d_grad_input_down2_1(const float *restrict dy, const float *restrict w, float *restrict out, float *restrict scratch)
 {
-    kernel_pack(4, 8, 3, w, 8, 9, 36, -3, -1, scratch);
+    PACK(4, 8, 3, w, 8, 9, 36, -3, -1, scratch);
     CONV_S1_RING(8, 4, 8, 6, 3, 1, 1, dy, scratch, NO_BIAS, 0, out);
 }
 
@@ -832,7 +832,7 @@ static void k44_bias_grad_down1_2_bias(const float *restrict in, float *restrict
 /* conv2d_grad_input down1_2: d_z2__skip1 -> d_s1__down1_2 */
 static void k45_conv2d_grad_input_down1_2(const float *restrict dy, const float *restrict w, float *restrict out, float *restrict scratch)
 {
-    kernel_pack(4, 4, 3, w, 8, 9, 36, -3, -1, scratch);
+    PACK(4, 4, 3, w, 8, 9, 36, -3, -1, scratch);
     CONV_S1_RING(4, 4, 16, 12, 3, 1, 2, dy, scratch, NO_BIAS, 0, out);
 }
 
@@ -870,7 +870,7 @@ static void k48_bias_grad_down1_1_bias(const float *restrict in, float *restrict
 /* conv2d_grad_input down1_1: d_z1__s1 -> d_x__down1_1 */
 static void k49_conv2d_grad_input_down1_1(const float *restrict dy, const float *restrict w, float *restrict out, float *restrict scratch)
 {
-    kernel_pack(1, 4, 3, w, 8, 9, 9, -3, -1, scratch);
+    PACK(1, 4, 3, w, 8, 9, 9, -3, -1, scratch);
     CONV_S1_RING(4, 1, 16, 12, 3, 1, 2, dy, scratch, NO_BIAS, 0, out);
 }
 

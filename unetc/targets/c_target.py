@@ -184,7 +184,7 @@ WGRAD_OP_MIN_O = 17  # output channels from which the weight gradient uses WGRAD
 # 64-byte float32 vector: at one vector per tile its 6 broadcasts per FMA row lose to WGRAD_S1) ...
 WGRAD_OP_MIN_N = 64  # ... and (channel, ki, kj) entries: 9 entries (the first conv) ran 4x slower
 # than WGRAD_S1 at base_c 64, 128x128 (254 vs 65 us), its per-block dy transpose dominating
-HELPERS = ("kernel_pad", "kernel_im2col", "kernel_col2im_add", "kernel_fill", "kernel_pack")  # the
+HELPERS = ("kernel_pad", "kernel_im2col", "kernel_col2im_add", "kernel_fill")  # the
 # static helper functions of c_kernels.j2: each is laid out only when a kernel calls it (-Wall)
 CONV_KINDS = ("conv2d", "conv_transpose2d", "conv2d_grad_input", "conv_transpose2d_grad_input",
               "conv2d_grad_weight", "conv_transpose2d_grad_weight")
@@ -239,7 +239,7 @@ def _gather(alloc: _Scratch, src: str, n_in: int, n_out: int, k: int, s: int, p:
     kk, (hi, wi), (ho, wo) = k * k, in_hw, out_hw
     cols, wp = alloc(n_in * kk * ho * wo), alloc(_packed(n_out, n_in * kk, 1))
     return [_im2col(n_in, (hi, wi), k, s, p, (ho, wo), src, cols),
-            f"kernel_pack({n_out}, {n_in * kk}, 1, w, 0, {n_in * kk}, 1, 0, 0, {wp})",
+            f"PACK({n_out}, {n_in * kk}, 1, w, 0, {n_in * kk}, 1, 0, 0, {wp})",
             f"CONV_S1({n_in * kk}, {n_out}, {ho}, {wo}, 1, {cols}, {wp}, {bias}, {int(relu)}, out)"]
 
 
@@ -250,7 +250,7 @@ def _scatter(alloc: _Scratch, src: str, n_in: int, n_out: int, k: int, s: int, p
     or the input gradient of a strided conv)."""
     kk, (hi, wi), (ho, wo) = k * k, in_hw, out_hw
     wp, cols = alloc(_packed(n_out * kk, n_in, 1)), alloc(n_out * kk * hi * wi)
-    return [f"kernel_pack({n_out * kk}, {n_in}, 1, w, 0, 1, {n_out * kk}, 0, 0, {wp})",
+    return [f"PACK({n_out * kk}, {n_in}, 1, w, 0, 1, {n_out * kk}, 0, 0, {wp})",
             f"CONV_S1({n_in}, {n_out * kk}, {hi}, {wi}, 1, {src}, {wp}, NO_BIAS, 0, {cols})",
             *_col2im(n_out, (ho, wo), k, s, p, (hi, wi), cols, bias)]
 
@@ -316,7 +316,7 @@ def conv_steps(op, sp: Specialized, esize: int, relu: bool = False,
         (c, h, w), (o, ho, wo) = sh[op.inputs[0]], sh[op.output]
         if s == 1:
             wp = alloc(_packed(o, c, k))
-            steps.append(f"kernel_pack({o}, {c}, {k}, w, 0, {c * kk}, {kk}, {k}, 1, {wp})")
+            steps.append(f"PACK({o}, {c}, {k}, w, 0, {c * kk}, {kk}, {k}, 1, {wp})")
             steps.append(_conv_s1(alloc, steps, "x", c, o, (h, w), (ho, wo), k, p, wp, "b", relu))
         else:
             steps += _gather(alloc, "x", c, o, k, s, p, (h, w), (ho, wo), "b", relu)
@@ -324,7 +324,7 @@ def conv_steps(op, sp: Specialized, esize: int, relu: bool = False,
         (o, ho, wo), (c, h, w) = sh[op.inputs[0]], sh[op.output]
         if s == 1 and p <= k - 1:  # a stride-1 correlation with the rotated, transposed weight
             wp = alloc(_packed(c, o, k))
-            steps.append(f"kernel_pack({c}, {o}, {k}, w, {(k - 1) * k + k - 1}, {kk}, {c * kk}, {-k}, -1, {wp})")
+            steps.append(f"PACK({c}, {o}, {k}, w, {(k - 1) * k + k - 1}, {kk}, {c * kk}, {-k}, -1, {wp})")
             steps.append(_conv_s1(alloc, steps, "dy", o, c, (ho, wo), (h, w), k, k - 1 - p, wp, "NO_BIAS", False))
         else:
             steps += _scatter(alloc, "dy", o, c, k, s, p, (ho, wo), (h, w), "NO_BIAS")

@@ -580,11 +580,12 @@ def write_reports(rows: list[Row], targets: list[str], args, out: Path, info: di
     md += [f"- **{k}**: {v}" for k, v in info.items()]
     md += [f"- **command**: `python benchmarks/run.py {' '.join(sys.argv[1:])}`",
            f"- **date**: {time.strftime('%Y-%m-%d %H:%M:%S')}", "",
-           "Times are medians (ms) of >= %d repeats after warm-up, repeated until >= %.2g s. "
+           "Times are medians (ms) of >= %d repeats after warm-up, repeated until >= %.2g s; "
+           "each target's lowest median over %d passes of the whole matrix. " % (args.reps, args.min_time, args.rounds) +
            "`f+b` = forward+backward step. ratio = torch time / target time (> 1: faster than PyTorch). "
            "GF/s from the analytic FLOP count (2 x MACs of the convolutions; backward = 2 x forward). "
            "ws_MB = the C target's workspace; torch_peak_MB = peak CPU-allocator bytes during one "
-           "PyTorch forward+backward step (torch.profiler). See benchmarks/README.md." % (args.reps, args.min_time), ""]
+           "PyTorch forward+backward step (torch.profiler). See benchmarks/README.md.", ""]
     md.append("| " + " | ".join(head) + " |")
     md.append("|" + "|".join("---" if i == 0 else "---:" for i in range(len(head))) + "|")
     md += ["| " + " | ".join(b) + " |" for b in body]

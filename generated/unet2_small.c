@@ -258,17 +258,17 @@ static inline vec vrelu(vec v)
    each group of RR output rows (the unit of work of a thread) keeps the K padded input rows it
    needs of every channel in a ring on the stack (C*K*(W+K-1) elements, at most 64 KiB: the copy
    stays in L1, where CONV_S1 reads a padded copy from L2). */
-#define RING_FILL(C, K, Q, HX, WX, WPAD, X, r)                                                 \
-    for (int c = 0; c < (C); ++c) { /* padded row r of channel c -> ring slot r % K */          \
-        float *restrict d_ = ring + ((size_t)c * (K) + (r) % (K)) * (WPAD);                   \
+#define RING_FILL(C, K, Q, HX, WX, WPAD, X, RING, r)                                           \
+    for (int c = 0; c < (C); ++c) { /* padded row r of channel c -> RING slot r % K */          \
+        float *restrict d_ = (RING) + ((size_t)c * (K) + (r) % (K)) * (WPAD);                 \
         const int xr_ = (r) - (Q);                                                             \
         if (xr_ < 0 || xr_ >= (HX)) {                                                          \
-            memset(d_, 0, sizeof ring[0] * (WPAD));                                            \
+            memset(d_, 0, sizeof((RING)[0]) * (WPAD));                                         \
             continue;                                                                          \
         }                                                                                      \
         for (int q_ = 0; q_ < (Q); ++q_)                                                       \
             d_[q_] = d_[(Q) + (WX) + q_] = 0;                                                  \
-        memcpy(d_ + (Q), (X) + ((size_t)c * (HX) + xr_) * (WX), sizeof ring[0] * (WX));        \
+        memcpy(d_ + (Q), (X) + ((size_t)c * (HX) + xr_) * (WX), sizeof((RING)[0]) * (WX));     \
     }
 #define CONV_S1_RING(C, O, H, W, K, Q, RR, X, WP, BIAS, RELU, Y)                                \
     {                                                                                          \
@@ -280,9 +280,9 @@ static inline vec vrelu(vec v)
             float ring[(C) * (K) * WP_];                                                      \
             const int h0_ = g * (RR), h1_ = h0_ + (RR) < (H) ? h0_ + (RR) : (H);               \
             for (int r = h0_; r < h0_ + (K) - 1; ++r)                                          \
-                RING_FILL(C, K, Q, HX_, WX_, WP_, X, r)                                        \
+                RING_FILL(C, K, Q, HX_, WX_, WP_, X, ring, r)                                  \
             for (int h = h0_; h < h1_; ++h) {                                                  \
-                RING_FILL(C, K, Q, HX_, WX_, WP_, X, h + (K) - 1)                              \
+                RING_FILL(C, K, Q, HX_, WX_, WP_, X, ring, h + (K) - 1)                        \
                 for (int ob = 0; ob < ((O) + MR - 1) / MR; ++ob)                               \
                     CONV_ROW(C, O, H, W, K, ring + ((size_t)c * (K) + (h + i) % (K)) * WP_, WP, BIAS, RELU, Y) \
             }                                                                                  \

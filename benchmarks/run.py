@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Benchmark unetc's generated C and NumPy code against PyTorch (CPU), forward and forward+backward.
 
-    python benchmarks/run.py                 # default matrix (16 rows), all cores
+    python benchmarks/run.py                 # default matrix (16 rows), all cores, 2 passes
+    python benchmarks/run.py --rounds 3      # 3 passes over the matrix (steadier on a noisy machine)
     python benchmarks/run.py --quick         # 3 small rows, smoke test
     python benchmarks/run.py --full          # full cross product (64 rows, slow)
     python benchmarks/run.py --threads 1 --targets c --reps 10 --out /tmp/res

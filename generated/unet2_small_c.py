@@ -211,10 +211,12 @@ _lib.unet2_small_workspace_bytes.restype = ctypes.c_size_t
 if _lib.unet2_small_workspace_bytes() != WORKSPACE_BYTES:
     raise ImportError(f"unetc: {LIBRARY_PATH} does not match this module (workspace size differs)")
 _local = threading.local()
-_GRAD_SLOTS, _GRAD_SIZE = {}, 0  # name -> (offset, size, shape) in the one gradient buffer (64-byte aligned)
+_GRAD_SLOTS, _GRAD_SIZE = {}, 0  # name -> (offset, size, shape) in the one gradient buffer
+_LINE = 64 // np.dtype(DTYPE).itemsize  # elements per 64 bytes: every slot starts 64-byte aligned
 for _k, _s in PARAM_SHAPES.items():
-    _GRAD_SLOTS[_k] = (_GRAD_SIZE, int(np.prod(_s)), _s)
-    _GRAD_SIZE += -(-int(np.prod(_s)) * np.dtype(DTYPE).itemsize // 64) * 64 // np.dtype(DTYPE).itemsize
+    _n = int(np.prod(_s))
+    _GRAD_SLOTS[_k] = (_GRAD_SIZE, _n, _s)
+    _GRAD_SIZE += -(-_n // _LINE) * _LINE
 
 
 def _workspace():

@@ -294,21 +294,30 @@ def _wgrad_s1(alloc: _Scratch, c: int, o: int, h: int, w: int, k: int, xpad: str
     return f"WGRAD_OP({c}, {o}, {h}, {w}, {k}, {xpad}, {dy}, {dt}, {dwt}, out)"
 
 
+def _conv_allocs(sp: Specialized) -> list[_Scratch]:
+    """One _Scratch per conv-like op of sp, after laying out its steps: the scratch elements
+    (``used``) and stack bytes (``stack``) each needs."""
+    allocs = []
+    for op in sp.forward_ops + sp.backward_ops:
+        if op.kind in CONV_KINDS:
+            allocs.append(_Scratch(_esize(sp)))
+            conv_steps(op, sp, allocs[-1].esize, alloc=allocs[-1])
+    return allocs
+
+
 def stack_bytes(sp: Specialized) -> int:
     """The most stack bytes per thread any conv kernel of sp declares (CONV_S1_RING's ring)."""
-    allocs = [_Scratch(_esize(sp)) for _ in sp.forward_ops + sp.backward_ops]
-    for op, alloc in zip(sp.forward_ops + sp.backward_ops, allocs):
-        if op.kind in CONV_KINDS:
-            conv_steps(op, sp, alloc.esize, alloc=alloc)
-    return max(a.stack for a in allocs)
+    return max([a.stack for a in _conv_allocs(sp)] + [0])
 
 
 def conv_steps(op, sp: Specialized, esize: int, relu: bool = False,
                alloc: _Scratch | None = None) -> tuple[list[str], int]:
-    """The kernel calls (C text) that compute one conv-like op, and the scratch elements they use.
-    Stride-1 convolutions and their input gradients run CONV_S1 directly on the zero-padded
-    input; everything else goes through im2col / col2im around a 1x1 CONV_S1 or _wgrad_s1.
-    ``relu`` (conv2d only) applies the following relu in the same pass."""
+    """The kernel calls (C text) that compute one conv-like op, and the scratch elements they use
+    (allocated from ``alloc`` when given). Stride-1 convolutions and their input gradients run
+    _conv_s1 on the zero-padded input (padded rows in a stack ring, or a padded copy); stride-1
+    weight gradients _wgrad_s1 on a padded copy; everything else goes through im2col / col2im
+    around a 1x1 CONV_S1 or _wgrad_s1. ``relu`` (conv2d only) applies the following relu in the
+    same pass."""
     sh, fwd = sp.shapes, op.fwd if hasattr(op, "fwd") else op
     k, s, p, kk = fwd.k, fwd.s, fwd.p, fwd.k * fwd.k
     alloc, steps = alloc or _Scratch(esize), []
@@ -467,8 +476,7 @@ def layout(sp: Specialized) -> tuple[Phase, Phase, int, int]:
     esize = _esize(sp)
     fwd, bwd = plans(sp)
     scratch_off = _round_up(max(fwd.peak, bwd.peak))
-    scratch = max([conv_steps(op, sp, esize)[1] for op in sp.forward_ops + sp.backward_ops
-                   if op.kind in CONV_KINDS] + [0])
+    scratch = max([a.used for a in _conv_allocs(sp)] + [0])
     return fwd, bwd, scratch_off, scratch_off + scratch * esize + ALIGN
 
 

@@ -21,7 +21,8 @@ CONFIG_MATRIX = {
     "up_padding": Config(name="m_uppad", in_c=1, out_c=1, in_h=8, in_w=6, base_c=3,
                          up_kernel=4, up_stride=2, up_padding=1),
     "odd_channels_hw": Config(name="m_odd", in_c=5, out_c=3, in_h=10, in_w=6, base_c=5),
-    # wide and tall enough for every vector tile (32/16/8 lanes + scalar tail) and two row blocks
+    # wide and tall enough for every vector tile (32/16/8 lanes + scalar tail); several weight-
+    # gradient pixel blocks in the sanitizer testbench (-DWG_PIX=512)
     "wide_tall": Config(name="m_wide", in_c=2, out_c=2, in_h=68, in_w=56, base_c=9),
     # >= 16 output channels: the outer-product weight gradient (17 and 34 channels: padded vectors,
     # partial tiles; 40x36 pixels: two pixel blocks, the second one short)

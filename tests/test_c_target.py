@@ -282,7 +282,7 @@ def test_param_struct_cache_follows_the_arrays(c_modules):
     mod = c_modules[0][("default", "float64")]
     params, x, gy = random_inputs(mod)
     y0 = mod.forward(params, x)
-    grads0, gx0 = mod.backward(params, x, gy)
+    grads0, _ = mod.backward(params, x, gy)
     kept = {k: v.copy() for k, v in grads0.items()}
     params["down1_1.weight"] *= 2  # in place: same object, same address
     y1 = mod.forward(params, x)

@@ -100,3 +100,12 @@ def test_bad_usage_exit_2(args, needle):
 def test_empty_file_is_default(tmp_config):
     code, out, _ = run("check", tmp_config(""), "--json")
     assert code == 0 and json.loads(out)["config"]["base_c"] == 64
+
+
+def test_closed_stdout_exits_quietly():
+    """`unetc check ... | head` closing the pipe early: no traceback, exit 141 (128 + SIGPIPE)."""
+    proc = subprocess.Popen([sys.executable, "-m", "unetc", "check", "--size", "128x96", "--json"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # before unetc writes anything
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141 and "Traceback" not in err and err == "", err

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from ..emitter import banner, render
+from ..render import banner, render
 from ..specialize import Specialized, var
 from .numpy_target import init_bounds
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from ..emitter import banner, render
+from ..render import banner, render
 from ..specialize import Specialized, op_context, var
 
 

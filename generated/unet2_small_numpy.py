@@ -229,6 +229,9 @@ def _conv2d_grad_weight(x, dy, k, s, p, cols=None):
     o, ho, wo = dy.shape
     if s == 1:
         cols = _im2col_s1(x, k, p, ho) if cols is None else cols
+        # junk columns hold input values from the next row: zero them, or an Inf there times the
+        # zero of dy would put a NaN into dW that no real window produced
+        cols.reshape(cols.shape[0], ho, -1)[:, :, wo:] = 0
         dyf = _widen(dy, wo + k - 1)
     else:
         cols = _im2col(x, k, s, p, ho, wo) if cols is None else cols

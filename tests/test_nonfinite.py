@@ -1,0 +1,91 @@
+"""±Inf and NaN inputs: the NumPy and C targets agree element for element on the forward output,
+every parameter gradient and grad_x (issue: junk im2col columns once turned 0 * Inf into extra
+NaNs in the NumPy weight gradients)."""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import EXAMPLES
+from torch_ref import CONFIG_MATRIX
+from unetc.config import load
+from unetc.emitter import emit
+
+CC = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+pytestmark = pytest.mark.skipif(CC is None, reason="no C compiler (CI has one)")
+CASES = {"small": load(EXAMPLES / "small.yaml"), "conv5": CONFIG_MATRIX["conv5"],
+         "pool3_up3": CONFIG_MATRIX["pool3_up3"]}
+TOL = {"float64": 1e-12, "float32": 1e-5}
+
+
+def _import(path):
+    spec = importlib.util.spec_from_file_location(f"nf_{path.parent.name}_{path.stem}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def targets(tmp_path_factory):
+    """case -> (numpy module, C module), float64 and float32 variants of each case."""
+    cache = tmp_path_factory.mktemp("nf_cache")
+    old = os.environ.get("UNETC_CACHE_DIR")
+    os.environ["UNETC_CACHE_DIR"] = str(cache)
+    mods = {}
+    for case, base in CASES.items():
+        for dtype in ("float64", "float32"):
+            cfg = dataclasses.replace(base, dtype=dtype, name=f"nf_{case}_{dtype[-2:]}")
+            out = tmp_path_factory.mktemp(f"nf_{case}_{dtype}")
+            paths = emit(cfg, "numpy", out) + emit(cfg, "c", out)
+            py = [p for p in paths if p.suffix == ".py"]
+            mods[(case, dtype)] = tuple(_import(p) for p in sorted(py, key=lambda p: not p.stem.endswith("_numpy")))
+    yield mods
+    if old is None:
+        os.environ.pop("UNETC_CACHE_DIR", None)
+    else:
+        os.environ["UNETC_CACHE_DIR"] = old
+
+
+def assert_same(a, b, what: str, tol: float) -> None:
+    """Same NaN positions, same infinities, finite values within tol (relative to b's scale)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    assert np.array_equal(np.isnan(a), np.isnan(b)), f"{what}: NaN at {np.isnan(a).sum()} vs {np.isnan(b).sum()} places"
+    inf = np.isinf(b)
+    assert np.array_equal(np.isinf(a), inf) and np.array_equal(a[inf], b[inf]), f"{what}: infinities differ"
+    fin = np.isfinite(b)
+    scale = max(float(np.max(np.abs(b[fin]), initial=0.0)), 1e-300)
+    assert float(np.max(np.abs(a[fin] - b[fin]), initial=0.0)) <= tol * scale, what
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("poison", ["inf_corner", "minus_inf", "nan", "mixed"])
+def test_targets_agree_on_nonfinite_inputs(targets, case, dtype, poison):
+    np_mod, c_mod = targets[(case, dtype)]
+    rng = np.random.default_rng(5)
+    params = np_mod.init_params(1)
+    x = rng.standard_normal(np_mod.IN_SHAPE).astype(np_mod.DTYPE)
+    gy = rng.standard_normal(np_mod.OUT_SHAPE).astype(np_mod.DTYPE)
+    if poison == "inf_corner":
+        x[0, 0, 0] = np.inf
+    elif poison == "minus_inf":
+        x[-1, x.shape[1] // 2, -1] = -np.inf
+    elif poison == "nan":
+        x[0, 1, 1] = np.nan
+    else:
+        x[rng.random(x.shape) < 0.05] = np.inf
+        x[rng.random(x.shape) < 0.05] = -np.inf
+        x[rng.random(x.shape) < 0.05] = np.nan
+    with np.errstate(all="ignore"):
+        y_np, (g_np, gx_np) = np_mod.forward(params, x), np_mod.backward(params, x, gy)
+    y_c, (g_c, gx_c) = c_mod.forward(params, x), c_mod.backward(params, x, gy)
+    tol = TOL[dtype]
+    assert_same(y_np, y_c, "y", tol)
+    assert_same(gx_np, gx_c, "grad_x", tol)
+    for k in g_c:
+        assert_same(g_np[k], g_c[k], k, tol)

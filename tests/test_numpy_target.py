@@ -14,7 +14,7 @@ from conftest import EXAMPLES, ROOT, assert_api_errors
 from torch_ref import CONFIG_MATRIX, random_inputs, rel_err, spec_select, torch_reference
 from unetc.config import Config, load
 from unetc.emitter import emit
-from unetc.errors import EmitError
+from unetc.errors import EmitError, ShapeError
 
 
 def load_module(path, name=None):
@@ -171,7 +171,7 @@ def test_init_params_matches_pytorch_distribution(tmp_path):
 def test_emit_refuses_symbolic_and_invalid_sizes(tmp_path):
     with pytest.raises(EmitError, match="symbolic"):
         emit(Config(), "numpy", tmp_path)
-    with pytest.raises(EmitError, match="in_h = 255 fails h_upH"):
+    with pytest.raises(ShapeError, match="in_h = 255 fails h_upH"):
         emit(Config(in_h=255, in_w=8), "numpy", tmp_path)
     assert list(tmp_path.iterdir()) == []
 
@@ -198,7 +198,7 @@ def test_cli_emit_errors_are_one_line(tmp_path):
     assert "--size" in p.stderr
     p = subprocess.run([sys.executable, "-m", "unetc", "emit", str(EXAMPLES / "odd_255.yaml"),
                         "--target", "numpy", "-o", str(tmp_path)], capture_output=True, text=True)
-    assert p.returncode == 2 and "h_upH" in p.stderr and list(tmp_path.iterdir()) == []
+    assert p.returncode == 1 and "h_upH" in p.stderr and list(tmp_path.iterdir()) == []
 
 
 def test_torch_module_state_dict_is_param_shapes(tmp_path):

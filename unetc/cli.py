@@ -29,6 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--size", help="bind the input size, e.g. 128x128 (overrides in_h/in_w)")
     e.add_argument("-o", "--out", default="generated", help="output directory (default: generated/)")
     e.add_argument("--testbench", action="store_true", help="C target: also write <name>_main.c")
+    e.add_argument("--force", action="store_true",
+                   help="overwrite <name>_* files that another config or size wrote into the directory")
     return p
 
 
@@ -55,7 +57,7 @@ def cmd_emit(args) -> int:
 
     if args.testbench and args.target != "c":
         raise UsageError(f"--testbench is only for --target c (got --target {args.target})")
-    paths = emit(_load(args), args.target, args.out, testbench=args.testbench)
+    paths = emit(_load(args), args.target, args.out, testbench=args.testbench, force=args.force)
     for path in paths:
         print(f"wrote {path}")
     return 0

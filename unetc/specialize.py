@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from .backward import Backward, derive
 from .checker import Report, check
 from .config import Config
-from .errors import EmitError
+from .errors import EmitError, ShapeError
 from .graph import Graph, build
 from .ops import Op
 
@@ -42,7 +42,8 @@ class Specialized:
 
 
 def specialize(cfg: Config, report: Report | None = None) -> Specialized:
-    """Concrete config -> Specialized; EmitError if sizes are symbolic or a hypothesis fails.
+    """Concrete config -> Specialized; EmitError if sizes are symbolic, ShapeError (exit 1, as
+    ``check``) if a hypothesis fails.
     ``report`` is the config's check report when the caller already has it."""
     if cfg.symbolic:
         raise EmitError(f"in_h/in_w are symbolic ({cfg.in_h} x {cfg.in_w}); bind them with --size HxW "
@@ -50,7 +51,8 @@ def specialize(cfg: Config, report: Report | None = None) -> Specialized:
     report = report or check(cfg, workspace=False)  # emitting needs the verdict, not the C plan
     if not report.ok:
         bad = next((c for c in report.constraints if c.status != "holds"), None)
-        raise EmitError(f"cannot emit for this size: {bad.message if bad else 'shape check failed'}")
+        why = bad.message if bad else "no size satisfies every hypothesis at once"
+        raise ShapeError(f"cannot emit for this size: {why}")
     g = build(cfg)
     g.verify()
     bw = derive(g)

@@ -132,7 +132,7 @@ def _clean_stale_temps(out: Path) -> None:
 def write_all(out: Path, files: dict[str, str], force: bool = False) -> list[Path]:
     """Write every file into out as one unit (see the module docstring); returns the paths."""
     if out.exists() and not out.is_dir():
-        raise EmitError(f"output path {out} exists and is not a directory")
+        raise EmitError(f"output directory {out} is a file, not a directory")
     missing = [p for p in [out, *out.parents] if not p.exists()]
     try:
         out.mkdir(parents=True, exist_ok=True)

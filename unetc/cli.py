@@ -23,6 +23,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("config", nargs="?", help="YAML config (default: the bundled default config)")
     c.add_argument("--size", help="bind the input size, e.g. 128x128 (overrides in_h/in_w)")
     c.add_argument("--json", action="store_true", help="print one JSON object")
+    c.add_argument("--certify", metavar="FILE.smt2",
+                   help="write an SMT-LIB 2 certificate of every claim (and check it with z3 if installed)")
     e = sub.add_parser("emit", help="emit specialised forward/backward code for a config")
     e.add_argument("config", nargs="?", help="YAML config (default: the bundled default config)")
     e.add_argument("--target", required=True, choices=["numpy", "c"], help="code generation target")
@@ -48,8 +50,32 @@ def cmd_check(args) -> int:
     from .report import to_json, to_text
 
     report = check(_load(args))
-    print(json.dumps(to_json(report), indent=2) if args.json else to_text(report))
-    return 0 if report.ok else 1
+    certified, lines, cert_json = True, [], None
+    if args.certify:
+        certified, lines, cert_json = _certify(report, args.certify)
+    if args.json:
+        obj = to_json(report)
+        if cert_json is not None:
+            obj["certificate"] = cert_json
+        print(json.dumps(obj, indent=2))
+    else:
+        print(to_text(report))
+        for line in lines:
+            print(line)
+    return 0 if report.ok and certified else 1
+
+
+def _certify(report, path: str) -> tuple[bool, list[str], dict]:
+    """Write the certificate, run z3 when installed: (certified or z3 absent, lines, JSON part)."""
+    from . import certify
+
+    cert = certify.certificate(report)
+    certify.write(cert, path)
+    result = certify.run_z3(cert) if certify.z3_available() else None
+    lines = certify.summary_lines(result, path)
+    part = {"path": path, "claims": len(cert.claims), "checked_by": result.version if result else None,
+            "ok": result.ok if result else None, "summary": result.summary if result else lines[0]}
+    return (result is None or result.ok), lines, part
 
 
 def cmd_emit(args) -> int:

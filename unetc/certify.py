@@ -217,7 +217,7 @@ def write(cert: Certificate, path: str | os.PathLike) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         if path.is_dir():
-            raise IsADirectoryError(21, "is a directory")
+            raise IsADirectoryError(21, "Is a directory")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "w", encoding="ascii", newline="\n") as f:
             f.write(cert.text)

@@ -880,6 +880,11 @@ size_t unet2_small_workspace_bytes(void)
     return UNET2_SMALL_WORKSPACE_BYTES;
 }
 
+const char *unet2_small_build_id(void)
+{
+    return "bcf5ae8d9ae43765b734237beed13e291ceaf6a09bcf872ca515ec3d90a79e72";
+}
+
 static unsigned char *unet2_small_align(void *ws)
 {
     return (unsigned char *)ws + (ALIGN - (size_t)((uintptr_t)ws % ALIGN)) % ALIGN;

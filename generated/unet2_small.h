@@ -98,4 +98,8 @@ int unet2_small_backward(const unet2_small_params *p, const float *x, const floa
 /* UNET2_SMALL_WORKSPACE_BYTES, for callers that load the library dynamically. */
 size_t unet2_small_workspace_bytes(void);
 
+/* The build id: a hash of this header and unet2_small.c as emitted (64 hex digits); unet2_small_c.py
+   checks that a compiled library is the one it was generated with. */
+const char *unet2_small_build_id(void);
+
 #endif /* UNET2_SMALL_H */

@@ -23,11 +23,15 @@
 
 Importing this module compiles unet2_small.c (next to this file) with the system C compiler ($CC, or
 cc/gcc; flags $UNETC_CFLAGS, default "-O3 -march=native -ffp-contract=fast -fopenmp -std=c99", falling
-back to "-O3 -std=c99" where the compiler lacks OpenMP or -march=native; -fPIC -shared always added)
-into a cache ($UNETC_CACHE_DIR, default ~/.cache/unetc) keyed by a hash of source, flags and
-compiler. Same API as the NumPy target: PARAM_SHAPES, init_params(seed=0), forward(params, x) -> y,
-backward(params, x, grad_output) -> (grads, grad_x). Arrays are (C, H, W), dtype float32.
-Needs only numpy and the standard library.
+back to "-O3 -std=c99", with a note on stderr, where a trivial file does not build with the defaults;
+-fPIC -shared always added) into a cache ($UNETC_CACHE_DIR, default ~/.cache/unetc) keyed by a hash
+of source, header, compiler, its version, the flags used and the machine. The .h/.c must be the
+ones this module was emitted with (SOURCE_SHA256); a cached library is checked (its bytes against
+the digest recorded beside it, its unet2_small_build_id() against BUILD_ID) and rebuilt once when
+it fails. Every environment problem (compiler, flags, cache directory, files) raises ImportError
+with one line starting "unetc:". Same API as the NumPy target: PARAM_SHAPES, init_params(seed=0),
+forward(params, x) -> y, backward(params, x, grad_output) -> (grads, grad_x). Arrays are (C, H, W),
+dtype float32. Needs only numpy and the standard library.
 """
 import ctypes
 import hashlib
@@ -36,8 +40,10 @@ import platform
 import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
+import time
 
 import numpy as np
 
@@ -90,6 +96,8 @@ def init_params(seed=0):
 
 
 def _check_array(name, a, shape):
+    if isinstance(a, np.ma.MaskedArray):
+        raise ValueError(f"{name}: masked arrays are not supported (use .filled())")
     if not isinstance(a, np.ndarray):
         raise ValueError(f"{name}: expected a numpy.ndarray, got {type(a).__name__}")
     if a.dtype != DTYPE:
@@ -112,22 +120,51 @@ def _check_params(params):
 
 
 WORKSPACE_BYTES = 33472
+BUILD_ID = "bcf5ae8d9ae43765b734237beed13e291ceaf6a09bcf872ca515ec3d90a79e72"  # what unet2_small_build_id() of the library must return
+SOURCE_SHA256 = "36f32fa226e1dcf5f81cbf6c8bdc8b42224b9d12efc856e88c6bb8c6f623f7aa"  # sha256 of unet2_small.h, a NUL byte and unet2_small.c as emitted
 DEFAULT_CFLAGS = "-O3 -march=native -ffp-contract=fast -fopenmp -std=c99"
-FALLBACK_CFLAGS = "-O3 -std=c99"  # when the compiler refuses the defaults (no OpenMP, no -march=native)
+FALLBACK_CFLAGS = "-O3 -std=c99"  # when a trivial file does not build with the defaults (no OpenMP, no -march=native)
+STALE_SECONDS = 3600  # temporary files of the cache older than this are left over from a killed build
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _SOURCE = os.path.join(_HERE, "unet2_small.c")
 _HEADER = os.path.join(_HERE, "unet2_small.h")
 _ERRORS = {1: "a NULL pointer was passed"}
+_PROBE = "#include <stddef.h>\nsize_t unetc_probe(size_t n);\nsize_t unetc_probe(size_t n) { return n + 1; }\n"
 
 
-# ---- building and loading the shared library ----
+# ---- building and loading the shared library (every failure: ImportError, one line) ----
+
+def _split(var, text):
+    try:
+        return shlex.split(text)
+    except ValueError as err:
+        raise ImportError(f"unetc: cannot parse ${var} ({text!r}): {err}") from None
+
 
 def _compiler():
     cc = os.environ.get("CC", "").strip()
-    argv = shlex.split(cc) if cc else [shutil.which("cc") or shutil.which("gcc") or "cc"]
-    if shutil.which(argv[0]) is None:
-        raise ImportError(f"unetc: no C compiler found ({argv[0]!r} is not on PATH; set CC or install gcc)")
+    argv = _split("CC", cc) if cc else [shutil.which("cc") or shutil.which("gcc") or "cc"]
+    if not argv or shutil.which(argv[0]) is None:
+        shown = argv[0] if argv else cc
+        raise ImportError(f"unetc: no C compiler found ({shown!r} is not on PATH; set CC or install gcc)")
     return argv
+
+
+def _run(argv, timeout=600):
+    """subprocess.run(argv) -> (exit status, output); OSError and timeouts as ImportError."""
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, errors="replace", timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError) as err:
+        raise ImportError(f"unetc: cannot run {' '.join(argv[:1])}: {err}") from None
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def _first_error(status, output, lines=1):
+    """The first `lines` error lines of a compiler's output (or of any output), as one line."""
+    out = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    errs = [ln for ln in out if "error" in ln.lower()] or out
+    return " | ".join(errs[:lines]) if errs else f"exit status {status}, no output"
 
 
 def _cache_dir():
@@ -135,50 +172,189 @@ def _cache_dir():
     if not d:
         root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
         d = os.path.join(root, "unetc")
-    os.makedirs(d, exist_ok=True)
+    try:
+        os.makedirs(d, exist_ok=True)
+    except OSError as err:
+        raise ImportError(f"unetc: cannot use the cache directory {d!r} ($UNETC_CACHE_DIR): "
+                          f"{err.strerror or err}") from None
+    if not os.access(d, os.W_OK | os.X_OK):
+        raise ImportError(f"unetc: the cache directory {d!r} ($UNETC_CACHE_DIR) is not writable")
     return d
 
 
-def _build():
-    """Path of the shared library, compiled unless the cache already has it. Safe when several
-    processes import at once: each compiles to its own temporary name, then renames atomically."""
-    cc = _compiler()
-    wanted = os.environ.get("UNETC_CFLAGS")
-    candidates = [shlex.split(wanted)] if wanted else [shlex.split(DEFAULT_CFLAGS), shlex.split(FALLBACK_CFLAGS)]
-    for flags in candidates:
-        flags += [f for f in ("-fPIC", "-shared") if f not in flags]
+def _read_sources():
+    """(header, source) bytes; ImportError when missing or not the ones this module was emitted with."""
     try:
-        version = subprocess.run(cc + ["--version"], capture_output=True, text=True, timeout=120).stdout
+        with open(_HEADER, "rb") as f:
+            header = f.read()
+        with open(_SOURCE, "rb") as f:
+            source = f.read()
+    except OSError as err:
+        raise ImportError(f"unetc: cannot read {err.filename}: {err.strerror}") from None
+    if hashlib.sha256(header + b"\0" + source).hexdigest() != SOURCE_SHA256:
+        raise ImportError("unetc: unet2_small.c/.h do not match unet2_small_c.py (emitted by a different run); re-emit")
+    return header, source
+
+
+def _clean_stale(cache):
+    """Remove this cache's temporary files older than STALE_SECONDS (left by a killed build)."""
+    now = time.time()
+    try:
+        names = [n for n in os.listdir(cache) if n.startswith(".") and n.endswith(".tmp")]
     except OSError:
-        version = ""
-    with open(_SOURCE, "rb") as f:
-        source = f.read()
-    with open(_HEADER, "rb") as f:
-        header = f.read()
-    key = hashlib.sha256(b"\0".join([source, header, "\0".join(cc + candidates[0]).encode(), version.encode(),
-                                     platform.machine().encode()])).hexdigest()
-    cache = _cache_dir()
-    lib = os.path.join(cache, f"unet2_small-{key[:32]}.so")
-    if os.path.exists(lib):
-        return lib
-    fd, tmp = tempfile.mkstemp(dir=cache, prefix=".unet2_small-", suffix=".so.tmp")
-    os.close(fd)
+        return
+    for n in names:
+        path = os.path.join(cache, n)
+        try:
+            if now - os.lstat(path).st_mtime > STALE_SECONDS:
+                shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
+        except OSError:
+            pass
+
+
+def _digest(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def _cached(lib):
+    """True when lib exists and its bytes have the digest recorded beside it (lib + ".sha256"):
+    a truncated or overwritten library is never handed to the dynamic loader (SIGBUS)."""
     try:
-        for flags in candidates:
-            proc = subprocess.run(cc + flags + ["-I", _HERE, "-o", tmp, _SOURCE], capture_output=True, text=True)
-            if proc.returncode == 0:
-                break
-        else:
-            raise RuntimeError(f"unetc: compiling {_SOURCE} failed ({' '.join(cc + flags)}):\n{proc.stderr}")
-        os.replace(tmp, lib)
+        with open(lib + ".sha256") as f:
+            return f.read().strip() == _digest(lib)
+    except OSError:
+        return False
+
+
+def _discard(lib):
+    for path in (lib, lib + ".sha256"):
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+def _replace_atomic(cache, dst, write):
+    """Create dst atomically: write(tmp path) into a temporary file of cache, then rename."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=cache, prefix=".unet2_small-", suffix=".tmp")
+        os.close(fd)
+    except OSError as err:
+        raise ImportError(f"unetc: cannot write to the cache directory {cache!r}: {err.strerror}") from None
+    try:
+        write(tmp)
+        os.replace(tmp, dst)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return lib
 
 
-LIBRARY_PATH = _build()
-_lib = ctypes.CDLL(LIBRARY_PATH)
+def _probe(cc, flags, cache):
+    """None when cc builds a trivial shared library with flags, else its first error line."""
+    with tempfile.TemporaryDirectory(dir=cache, prefix=".probe-", suffix=".tmp") as d:
+        src = os.path.join(d, "probe.c")
+        with open(src, "w") as f:
+            f.write(_PROBE)
+        status, output = _run(cc + flags + ["-o", os.path.join(d, "probe.so"), src], timeout=120)
+        return None if status == 0 else _first_error(status, output)
+
+
+def _compile(cc, flags, lib, cache):
+    """Compile unet2_small.c with flags into lib (via a temporary file), recording its digest.
+    The flags built a trivial file: a failure here is a unetc bug, reported with the first errors."""
+    def build(tmp):
+        status, output = _run(cc + flags + ["-I", _HERE, "-o", tmp, _SOURCE])
+        if status != 0:
+            raise ImportError(f"unetc: bug: {_SOURCE} does not compile with {' '.join(cc + flags)} "
+                              f"(please report): {_first_error(status, output, 3)}")
+        _replace_atomic(cache, lib + ".sha256", lambda t: _write(t, _digest(tmp) + "\n"))
+    _replace_atomic(cache, lib, build)
+
+
+def _write(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def _build(cc, version, cache):
+    """Path of the shared library: the cached one for the first usable flags, else compiled."""
+    header, source = _read_sources()
+    wanted = os.environ.get("UNETC_CFLAGS")
+    candidates = [_split("UNETC_CFLAGS", wanted)] if wanted else [DEFAULT_CFLAGS.split(), FALLBACK_CFLAGS.split()]
+    candidates = [flags + [f for f in ("-fPIC", "-shared") if f not in flags] for flags in candidates]
+    probes = {}
+
+    def probe(flags):
+        if tuple(flags) not in probes:
+            probes[tuple(flags)] = _probe(cc, flags, cache)
+        return probes[tuple(flags)]
+
+    for n, flags in enumerate(candidates):
+        key = hashlib.sha256(b"\0".join([source, header, "\0".join(cc).encode(), version.encode(),
+                                         "\0".join(flags).encode(), platform.machine().encode(),
+                                         BUILD_ID.encode()])).hexdigest()
+        lib = os.path.join(cache, f"unet2_small-{key[:32]}.so")
+        if _cached(lib):
+            return lib
+        error = probe(flags)
+        if error is None:
+            _compile(cc, flags, lib, cache)
+            return lib
+        if n + 1 < len(candidates) and probe(candidates[n + 1]) is None:
+            print(f"unetc: {' '.join(flags)} not usable with {' '.join(cc)} ({error}); "
+                  f"using {' '.join(candidates[n + 1])}", file=sys.stderr)
+            continue
+        raise ImportError(f"unetc: {' '.join(cc)} cannot build a trivial shared library with "
+                          f"{' '.join(flags)}: {error}")
+    raise AssertionError("unreachable")
+
+
+def _open(path):
+    """(library, None), or (None, why it is not the library of this module)."""
+    try:
+        lib = ctypes.CDLL(path)
+    except OSError as err:
+        return None, f"cannot be loaded ({err})"
+    try:
+        fn = getattr(lib, "unet2_small_build_id")
+        fn.restype = ctypes.c_char_p
+        got = (fn() or b"").decode("ascii", "replace")
+    except AttributeError:
+        got = "none"
+    if got == BUILD_ID:
+        return lib, None
+    _unload(lib)
+    return None, f"has build id {got[:16]}, expected {BUILD_ID[:16]}"
+
+
+def _unload(lib):
+    try:
+        import _ctypes
+        _ctypes.dlclose(lib._handle)  # so that a rebuilt file under the same name is loaded afresh
+    except (ImportError, AttributeError, OSError):
+        pass
+
+
+def _load():
+    """(library, its path): built or taken from the cache; a cached library that fails to load or
+    has another build id is deleted and rebuilt once."""
+    cc = _compiler()
+    status, version = _run(cc + ["--version"], timeout=120)
+    cache = _cache_dir()
+    _clean_stale(cache)
+    path = _build(cc, version, cache)
+    lib, why = _open(path)
+    if lib is None:
+        _discard(path)
+        path = _build(cc, version, cache)
+        lib, why = _open(path)
+        if lib is None:
+            raise ImportError(f"unetc: the library {path} built from {_SOURCE} {why}")
+    return lib, path
+
+
+_lib, LIBRARY_PATH = _load()
 
 
 class _Params(ctypes.Structure):
@@ -247,6 +423,13 @@ def _new_grads():
     return grads, _Params(*[base + _GRAD_SLOTS[k][0] * item for k in PARAM_SHAPES])
 
 
+def _c_array(a):
+    """a itself when C-contiguous and aligned for its dtype, else an aligned C-contiguous copy
+    (np.frombuffer at an odd offset, Fortran order, strided views)."""
+    flags = a.flags
+    return a if flags.c_contiguous and flags.aligned else np.array(a, order="C")
+
+
 def _call(fn, *args):
     rc = fn(*args)
     if rc != 0:
@@ -257,8 +440,8 @@ def forward(params, x):
     """y = UNet2(params, x); x has shape IN_SHAPE, y has shape OUT_SHAPE."""
     _check_params(params)
     _check_array("x", x, IN_SHAPE)
-    p = {k: np.ascontiguousarray(params[k]) for k in PARAM_SHAPES}
-    x = np.ascontiguousarray(x)
+    p = {k: _c_array(params[k]) for k in PARAM_SHAPES}
+    x = _c_array(x)
     y = np.empty(OUT_SHAPE, dtype=DTYPE)
     _call(_lib.unet2_small_forward, ctypes.byref(_param_struct(p)), x.ctypes.data, y.ctypes.data,
           _workspace().ctypes.data)
@@ -272,9 +455,9 @@ def backward(params, x, grad_output):
     _check_params(params)
     _check_array("x", x, IN_SHAPE)
     _check_array("grad_output", grad_output, OUT_SHAPE)
-    p = {k: np.ascontiguousarray(params[k]) for k in PARAM_SHAPES}
-    x = np.ascontiguousarray(x)
-    gy = np.ascontiguousarray(grad_output)
+    p = {k: _c_array(params[k]) for k in PARAM_SHAPES}
+    x = _c_array(x)
+    gy = _c_array(grad_output)
     grads, gstruct = _new_grads()
     gx = np.empty(IN_SHAPE, dtype=DTYPE)
     _call(_lib.unet2_small_backward, ctypes.byref(_param_struct(p)), x.ctypes.data, gy.ctypes.data,

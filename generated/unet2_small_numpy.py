@@ -79,6 +79,8 @@ def init_params(seed=0):
 
 
 def _check_array(name, a, shape):
+    if isinstance(a, np.ma.MaskedArray):
+        raise ValueError(f"{name}: masked arrays are not supported (use .filled())")
     if not isinstance(a, np.ndarray):
         raise ValueError(f"{name}: expected a numpy.ndarray, got {type(a).__name__}")
     if a.dtype != DTYPE:

@@ -233,3 +233,12 @@ def test_summary_lines(tmp_path):
     assert time.perf_counter() - start < 10
     assert certify.summary_lines(result, path) == [
         f"wrote {path}", f"certified by z3 {z3.get_version_string()}: 10/10 claims"]
+
+
+def test_without_z3_the_file_is_still_written(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "z3", None)  # import z3 now raises ImportError
+    assert certify.z3_available() is None
+    path = tmp_path / "odd name.smt2"
+    certify.write(certify.certificate(_report(Config())), path)
+    assert path.read_text().count("(check-sat)") == 10
+    assert certify.summary_lines(None, path) == [f"wrote '{path}'; check it with: z3 '{path}'"]

@@ -14,7 +14,7 @@ from conftest import EXAMPLES, ROOT, assert_api_errors
 from torch_ref import CONFIG_MATRIX, random_inputs, rel_err, spec_select, torch_reference
 from unetc.config import Config, load
 from unetc.emitter import emit
-from unetc.errors import EmitError, ShapeError
+from unetc.errors import ShapeError
 
 
 def load_module(path, name=None):
@@ -168,11 +168,11 @@ def test_init_params_matches_pytorch_distribution(tmp_path):
     assert all(np.array_equal(p[k], mod.init_params(0)[k]) for k in p)
 
 
-def test_emit_refuses_symbolic_and_invalid_sizes(tmp_path):
-    with pytest.raises(EmitError, match="symbolic"):
-        emit(Config(), "numpy", tmp_path)
+def test_emit_refuses_invalid_sizes_and_empty_valid_sets(tmp_path):
     with pytest.raises(ShapeError, match="in_h = 255 fails h_upH"):
         emit(Config(in_h=255, in_w=8), "numpy", tmp_path)
+    with pytest.raises(ShapeError, match=r"h_convH \(down1_1 gives H - 2, expected H\) holds for no in_h"):
+        emit(Config(conv_padding=0), "numpy", tmp_path)  # symbolic, but no size is valid
     assert list(tmp_path.iterdir()) == []
 
 
@@ -191,14 +191,16 @@ def test_committed_numpy_module_in_sync(tmp_path):
         "generated/ is stale: run `unetc emit examples/small.yaml --target numpy`")
 
 
-def test_cli_emit_errors_are_one_line(tmp_path):
-    p = subprocess.run([sys.executable, "-m", "unetc", "emit", "--target", "numpy", "-o", str(tmp_path)],
+def test_cli_emit_errors_are_one_line(tmp_path, tmp_config):
+    bad = tmp_config("conv_padding: 0\n")  # symbolic sizes, none of them valid
+    out = tmp_path / "out"
+    p = subprocess.run([sys.executable, "-m", "unetc", "emit", str(bad), "--target", "numpy", "-o", str(out)],
                        capture_output=True, text=True)
-    assert p.returncode == 2 and p.stderr.startswith("unetc: error: ") and p.stderr.count("\n") == 1
-    assert "--size" in p.stderr
+    assert p.returncode == 1 and p.stderr.startswith("unetc: error: ") and p.stderr.count("\n") == 1
+    assert "holds for no in_h" in p.stderr and not out.exists()
     p = subprocess.run([sys.executable, "-m", "unetc", "emit", str(EXAMPLES / "odd_255.yaml"),
-                        "--target", "numpy", "-o", str(tmp_path)], capture_output=True, text=True)
-    assert p.returncode == 1 and "h_upH" in p.stderr and list(tmp_path.iterdir()) == []
+                        "--target", "numpy", "-o", str(out)], capture_output=True, text=True)
+    assert p.returncode == 1 and "h_upH" in p.stderr and not out.exists()
 
 
 def test_torch_module_state_dict_is_param_shapes(tmp_path):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .graph import Graph
+from .graph import Graph, subs_op, subs_shape
 from .ops import (Add, BiasGrad, Concat, Conv2d, Conv2dGradInput, Conv2dGradWeight, ConvTranspose2d,
                   ConvTranspose2dGradInput, ConvTranspose2dGradWeight, MaxPool2d, MaxPool2dGrad, Op,
                   Relu, ReluGrad, Shape, Slice)
@@ -73,6 +73,13 @@ class Backward:
     shapes: dict[str, Shape] = field(default_factory=dict)
     param_grads: dict[str, str] = field(default_factory=dict)  # param name -> tensor
     grad_x: str = ""
+
+    def subs(self, values: dict, forward: Graph) -> "Backward":
+        """A copy with size symbols replaced (see :meth:`Graph.subs`); ``forward`` is the forward
+        graph substituted alike."""
+        return Backward(forward, [subs_op(op, values) for op in self.ops],
+                        {t: subs_shape(s, values) for t, s in self.shapes.items()},
+                        dict(self.param_grads), self.grad_x)
 
     def saved(self) -> list[str]:
         """Forward tensors the backward ops read (what the recompute must keep)."""

@@ -7,6 +7,7 @@ output size is computed by its formula and then *rewritten* to the size the next
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,10 +50,45 @@ class Graph:
         """All parameters in PARAM_SHAPES order (spec order), name -> shape."""
         return {k: v for op in self.ops for k, v in op.params().items()}
 
+    def subs(self, values: dict) -> "Graph":
+        """A copy with size symbols replaced (e.g. {H: 16}): shapes, raw shapes, hypotheses,
+        requirements and the ops' shape attributes; concrete sizes become SymPy Integers."""
+        return Graph(self.config, _subs(self.h, values), _subs(self.w, values),
+                     [subs_op(op, values) for op in self.ops],
+                     {t: subs_shape(s, values) for t, s in self.shapes.items()},
+                     {t: subs_shape(s, values) for t, s in self.raw.items()},
+                     [_subs_eq(e, values) for e in self.equations],
+                     {t: [_subs_req(r, values) for r in rs] for t, rs in self.requirements.items()})
+
     def verify(self) -> None:
         """Re-run every op's own check against the recorded shapes (raises ShapeError)."""
         for op in self.ops:
             op.verify([self.shapes[t] for t in op.inputs], self.shapes[op.output])
+
+
+def _subs(e, values: dict):
+    return sp.sympify(e).subs(values) if values else e
+
+
+def subs_shape(shape: Shape, values: dict) -> Shape:
+    """A shape with size symbols replaced; channel counts stay Python ints."""
+    return tuple(d if isinstance(d, int) else _subs(d, values) for d in shape)
+
+
+def subs_op(op: Op, values: dict) -> Op:
+    """An op with the shapes it carries (``in_shape`` of input gradients) substituted."""
+    if isinstance(getattr(op, "in_shape", None), tuple):
+        return dataclasses.replace(op, in_shape=subs_shape(op.in_shape, values))
+    return op
+
+
+def _subs_req(r: Requirement, values: dict) -> Requirement:
+    return dataclasses.replace(r, expr=_subs(r.expr, values))
+
+
+def _subs_eq(e: Equation, values: dict) -> Equation:
+    return dataclasses.replace(e, lhs=_subs(e.lhs, values), rhs=_subs(e.rhs, values),
+                               requires=tuple(_subs_req(r, values) for r in e.requires))
 
 
 def axis_size(value, default: str):
@@ -62,11 +98,25 @@ def axis_size(value, default: str):
     return sp.Symbol(value or default, integer=True, positive=True)
 
 
+SIZE_SYMBOLS = (axis_size("H", "H"), axis_size("W", "W"))  # the graph's sizes in generated code
+
+
 def build(cfg: Config, symbolic: bool = False) -> Graph:
     """Build the U-Net-2 graph of SPEC.md. ``symbolic`` replaces concrete sizes by symbols H, W
-    (the checker analyses every config symbolically, then tests the concrete sizes)."""
-    h = axis_size("H" if symbolic and isinstance(cfg.in_h, int) else cfg.in_h, "H")
-    w = axis_size("W" if symbolic and isinstance(cfg.in_w, int) else cfg.in_w, "W")
+    (the checker analyses every config symbolically, then tests the concrete sizes); a concrete
+    axis gets a name the other axis does not use (in_h: 16, in_w: H -> H_, H)."""
+    names = [cfg.in_h, cfg.in_w]
+    for i, default in ((0, "H"), (1, "W")):
+        if symbolic and isinstance(names[i], int):
+            names[i] = default
+            while names[i] == names[1 - i]:
+                names[i] += "_"
+    return build_at(cfg, axis_size(names[0], "H"), axis_size(names[1], "W"))
+
+
+def build_at(cfg: Config, h, w) -> Graph:
+    """The graph of cfg with input sizes h, w (SymPy symbols or Integers; cfg's in_h/in_w are
+    not read). :func:`specialize` builds it once at :data:`SIZE_SYMBOLS` and substitutes."""
     g = Graph(cfg, h, w)
     b, ck, cs, cp = cfg.base_c, cfg.conv_kernel, cfg.conv_stride, cfg.conv_padding
     d_h = sizes.out(h, cfg.pool_kernel, cfg.pool_stride, 0)

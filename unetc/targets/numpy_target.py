@@ -1,11 +1,24 @@
 """NumPy target: Specialized -> {"<name>_numpy.py": source}. Decides every name and constant;
-``templates/numpy.py.j2`` lays them out (one macro per op kind in ``numpy_ops.j2``)."""
+``templates/numpy.py.j2`` lays them out (one macro per op kind in ``numpy_ops.j2``).
+
+Concrete sizes print as literals (the fast path, as before). A symbolic axis prints as SymPy's
+expression of its size in the input size H or W (:class:`unetc.sympy_print.PyIntPrinter`); the
+module reads H, W from x.shape at call time and first checks them against the checker's exact
+valid set (``VALID_SIZES``), explaining a failure as the checker does (``py_sizes.j2``).
+"""
 from __future__ import annotations
 
 import math
 
+import sympy
+
+from ..graph import hypotheses
+from ..ops import Requirement
 from ..render import banner, render
-from ..specialize import Specialized, op_context, var
+from ..specialize import AXES, Specialized, op_context, var
+from ..sympy_print import pycode
+
+_GOT = "\x00got\x00"  # stands for the failing value inside a requirement's message
 
 
 def init_bound(shape: tuple[int, ...]) -> float:
@@ -19,13 +32,58 @@ def init_bounds(sp: Specialized) -> dict[str, str]:
     return {p: repr(init_bound(sp.params[p.rsplit(".", 1)[0] + ".weight"])) for p in sp.params}
 
 
+def shape_src(shape: tuple) -> tuple[str, ...]:
+    """A shape -> the Python source text of each entry (ints as literals, sizes in H, W)."""
+    return tuple(pycode(d) for d in shape)
+
+
 def _context(op, sp: Specialized) -> dict:
-    """op_context plus ``work``: Python source text naming the reusable work array for the op's
-    output, or None when the output goes to the caller (y, grad_x, gradients) and must be fresh."""
+    """op_context with shapes as Python source text, plus ``work``: Python source text naming
+    the reusable work array for the op's output, or None when the output goes to the caller
+    (y, grad_x, gradients) and must be fresh."""
     ctx = op_context(op, sp)
+    ctx["out_shape"] = shape_src(ctx["out_shape"])
+    ctx["in_shapes"] = [shape_src(s) for s in ctx["in_shapes"]]
     returned = {"y", sp.backward.grad_x, *sp.backward.param_grads.values()}
     ctx["work"] = "None" if op.output in returned else repr(op.output)  # Python source text
     return ctx
+
+
+def _requirement(r: Requirement) -> dict:
+    """A definedness condition as Python source: ``expr`` >= ``bound``, and the message around
+    the failing value (the checker's text, as Python string literals)."""
+    head, tail = r.message(_GOT).split(_GOT)
+    return {"expr": pycode(r.expr), "bound": r.bound, "head": repr(head), "tail": repr(tail)}
+
+
+def hypothesis_table(sp: Specialized) -> list[dict]:
+    """The spec's hypotheses on the symbolic axes, in the checker's order, as Python source:
+    ``lhs``/``rhs`` in the axis' size symbol and the requirements the checker solves them with."""
+    rows = []
+    for eq in hypotheses(sp.graph):
+        sym = sp.symbols.get(eq.axis)
+        if sym is None:
+            continue
+        reqs = [r for r in eq.requires if sympy.sympify(r.expr).free_symbols == {sym}]
+        rows.append({"name": repr(eq.name), "layer": repr(eq.layer), "axis": repr(eq.axis), "sym": str(sym),
+                     "lhs": pycode(eq.lhs), "rhs": pycode(eq.rhs), "reqs": [_requirement(r) for r in reqs]})
+    return rows
+
+
+def _size_context(sp: Specialized) -> dict:
+    """Template context of a size-polymorphic module (empty for a concrete one)."""
+    if not sp.symbolic:
+        return {}
+    free = [a for a in AXES if a in sp.symbols]
+    valid = {a: sp.valid[a].progressions() if a in sp.symbols else [(sp.in_shape[1 + i], 0)]
+             for i, a in enumerate(AXES)}
+    return {"valid": {f"\"{a}\"": repr(v) for a, v in valid.items()}, "free_axes": repr(tuple(free)),
+            "hyps": hypothesis_table(sp), "in_src": shape_src(sp.in_shape), "out_src": shape_src(sp.out_shape)}
+
+
+def _public_shape(shape: tuple) -> tuple:
+    """IN_SHAPE / OUT_SHAPE: ints, None for a size read at call time."""
+    return tuple(d if isinstance(d, int) else None for d in shape)
 
 
 def files(sp: Specialized, testbench: bool = False) -> dict[str, str]:
@@ -33,7 +91,8 @@ def files(sp: Specialized, testbench: bool = False) -> dict[str, str]:
     bounds = init_bounds(sp)
     saved = [t for t in sp.backward.saved() if t != "x"]
     text = render("numpy.py.j2", banner=banner(cfg, "#"), cfg=cfg, params=sp.params, bounds=bounds,
-                  in_shape=sp.in_shape, out_shape=sp.out_shape,
+                  in_shape=_public_shape(sp.in_shape), out_shape=_public_shape(sp.out_shape),
+                  symbolic=sp.symbolic, sizes=_size_context(sp),
                   forward=[_context(op, sp) for op in sp.forward_ops],
                   backward=[_context(op, sp) for op in sp.backward_ops],
                   saved=[var(t) for t in saved],

@@ -184,9 +184,10 @@ def test_symbol_names_and_mixed_axes(h, w):
 
 
 def test_user_strings_stay_in_comments():
-    """A config built around validation (hostile symbol name and file name) prints nothing live."""
+    """Hostile symbol and file names (past Config's own validation) print nothing live."""
     evil = '"))\n(assert false)\r(echo "x'
-    cfg = Config(in_h="H" + evil, source="evil" + evil + ".yaml")
+    cfg = Config(source="evil" + evil + ".yaml")
+    object.__setattr__(cfg, "in_h", "H" + evil)  # Config() itself refuses this name
     cert = certify.certificate(_report(cfg))
     live = [line for line in cert.text.splitlines() if line and not line.startswith(";")]
     assert all(line.startswith(("(set-logic", "(declare-const n", "(define-fun ", "(echo \"",

@@ -47,7 +47,7 @@ class Node:
     h: int = 0
 
 
-ALIAS_AFTER = 14  # a size formula longer than this is shown as a named size (H_1 = ...)
+ALIAS_AFTER = 18  # a size formula longer than this is shown as a named size (H_1 = ...)
 
 
 def _fmt_shape(shape) -> str:
@@ -164,12 +164,14 @@ def _grid(nodes: list[Node], top: int) -> tuple[list[dict], list[dict], list[dic
     for node, (col, row) in zip(nodes, SLOTS):
         node.x, node.y, node.w, node.h = xs[col], top + row * pitch, bw, bh
         boxes.append({"x": node.x, "y": node.y, "w": bw, "h": bh, "cls": node.kind + (" bad" if node.bad else "")})
-        lines = [(t, "name" if j == 0 else "shape") for j, t in enumerate(node.lines)] + [(t, "badtext") for t in node.bad]
+        lines = [(t, "name" if j == 0 else "shape") for j, t in enumerate(node.lines)]
+        lines += [(t, "badtext") for t in node.bad]
         texts += [_text(node.x + 10, node.y + 19 + LINE_H * j, t, c) for j, (t, c) in enumerate(lines)]
     edges = [_edge(a, b, sa, sb) for a, b, sa, sb in zip(nodes, nodes[1:], SLOTS, SLOTS[1:])]
     skip, merged = nodes[2], nodes[7]
     mid, y1, y2 = skip.x + bw + gap // 2, skip.y + bh // 2, merged.y + bh // 2
-    edges.append({"points": f"{skip.x + bw},{y1} {mid},{y1} {mid},{y2} {merged.x - 2},{y2}", "cls": "skip", "arrow": True})
+    edges.append({"points": f"{skip.x + bw},{y1} {mid},{y1} {mid},{y2} {merged.x - 2},{y2}",
+                  "cls": "skip", "arrow": True})
     texts.append(_text(mid, y1 - 6, "skip1 (copy)", "edgelabel", "middle"))
     return boxes, edges, texts
 

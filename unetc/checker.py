@@ -7,19 +7,24 @@ an :class:`IntSet` (exact, not sampled) of the sizes on which the hypothesis hol
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from fractions import Fraction
-from math import ceil, floor
+from dataclasses import dataclass, field
 
+import numpy as np
 import sympy as sp
 
 from .config import Config
+from .errors import UsageError
 from .graph import Equation, Graph, build, hypotheses
-from .intset import IntSet
+from .intset import MAX_PERIOD, MAX_SPAN, IntSet
 from .ops import Requirement
-from .sizes import linearize, period_for
+from .sizes import int_evaluator, period_for
 
 AXES = ("in_h", "in_w")
+GEOMETRY_KEYS = ("pool_kernel", "pool_stride", "conv_kernel", "conv_stride", "conv_padding", "up_kernel",
+                 "up_stride", "up_padding", "head_kernel", "head_stride", "head_padding")
+GEOMETRY_LIMIT = 2 ** 20  # the checker refuses a kernel, stride or padding above this
+LIMITS = {"geometry": GEOMETRY_LIMIT, "period": MAX_PERIOD, "span": MAX_SPAN}
+LARGE_TENSOR = 2 ** 31  # a tensor with this many elements gets a warning
 
 
 @dataclass
@@ -56,7 +61,9 @@ class Report:
     valid: dict[str, IntSet]
     layers: list[Layer]
     concrete: dict[str, int | None]
-    workspace_bytes: int | None = None  # C target workspace, for concrete valid configs
+    workspace_bytes: int | None = None  # C target workspace: filled in by the caller, never by check()
+    limits: dict[str, int] = field(default_factory=lambda: dict(LIMITS))  # the checker's own limits
+    warnings: list[str] = field(default_factory=list)  # e.g. a tensor too large for 32-bit indexing
 
     @property
     def ok(self) -> bool:
@@ -66,42 +73,78 @@ class Report:
 
 
 def _solve(eq: Equation, sym: sp.Symbol, reqs: list[Requirement]) -> IntSet:
-    """The exact set of H >= 1 where every requirement holds and lhs == rhs."""
-    exprs = [eq.lhs, eq.rhs] + [r.expr for r in reqs]
+    """The exact set of H >= 1 where every requirement holds and lhs == rhs.
+
+    With H = L*q + r (q >= 0, r in 0..L-1) every expression is a*q + b[r]: the slope a is the
+    same for all residues and b[r] is the expression at H = r, both evaluated exactly for all
+    residues at once. Each residue then allows q in an interval [lo, hi] (hi = _INF: unbounded).
+    Requirements are solved on their own (smaller) periods first, then spread over L."""
+    exprs = [eq.lhs, eq.rhs] + [sp.sympify(r.expr) - r.bound for r in reqs]  # requirement: >= 0
     L = period_for(exprs, sym)
-    per_residue = []  # (lo, hi, lhs coeffs, rhs coeffs) with lo/hi bounds on q (hi None = inf)
-    threshold = 1
-    for r in range(L):
-        lo: Fraction | int = ceil(Fraction(1 - r, L))
-        hi: int | None = None
-        for req in reqs:
-            a, b = linearize(req.expr, sym, L, r)
-            if a > 0:
-                lo = max(lo, ceil((req.bound - b) / a))
-            elif a < 0:
-                bound = floor((req.bound - b) / a)
-                hi = bound if hi is None else min(hi, bound)
-            elif b < req.bound:
-                hi = lo - 1  # never defined on this residue
-        (a1, b1), (a2, b2) = linearize(eq.lhs, sym, L, r), linearize(eq.rhs, sym, L, r)
-        if a1 == a2:
-            if b1 != b2:
-                hi = lo - 1
+    if L > MAX_PERIOD:
+        raise UsageError(f"{eq.name}: {eq.axis} sizes repeat with period {L} (from the strides), "
+                         f"above the checker's limit {MAX_PERIOD} (2^22)")
+    per_period: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for e in exprs[2:]:
+        Le, a, b = _affine(eq, e, sym)
+        lo, hi = per_period.get(Le, (np.zeros(Le, np.int64), np.full(Le, _INF, np.int64)))
+        if a > 0:
+            lo = np.maximum(lo, -(b // a))  # a*q + b >= 0  <=>  q >= ceil(-b / a)
+        elif a < 0:
+            hi = np.minimum(hi, b // -a)
         else:
-            q = (b2 - b1) / (a1 - a2)
-            if q.denominator != 1 or not lo <= q <= (hi if hi is not None else q):
-                hi = lo - 1
-            else:
-                lo = hi = int(q)
-        per_residue.append((lo, hi))
-        threshold = max(threshold, L * lo + r + 1 if hi is None else L * (hi + 1) + r)
+            hi = np.where(b < 0, -1, hi)
+        per_period[Le] = lo, hi
+    lo, hi = np.zeros(L, np.int64), np.full(L, _INF, np.int64)
+    lo[0] = 1  # H >= 1
+    for Le, (lo_e, hi_e) in per_period.items():  # H = Le*q' + s with q' = (L/Le)*q + t
+        m, t = L // Le, np.arange(L // Le, dtype=np.int64)[:, None]
+        lo = np.maximum(lo, (-((t - lo_e) // m)).ravel())
+        hi = np.minimum(hi, np.where(hi_e == _INF, _INF, (hi_e - t) // m).ravel())
+    (a1, b1), (a2, b2) = _spread(_affine(eq, eq.lhs, sym), L), _spread(_affine(eq, eq.rhs, sym), L)
+    if a1 == a2:
+        hi = np.where(b1 != b2, -1, hi)
+    else:  # one q at most: (b2 - b1) / (a1 - a2) when it is an integer inside [lo, hi]
+        num, den = b2 - b1, a1 - a2
+        q = num // den
+        ok = (q * den == num) & (lo <= q) & (q <= hi)
+        lo, hi = np.where(ok, q, 1), np.where(ok, q, 0)
+    return _dense(eq, L, lo, hi)
 
-    def member(n: int) -> bool:
-        lo, hi = per_residue[n % L]
-        q = n // L
-        return q >= lo and (hi is None or q <= hi)
 
-    return IntSet.from_predicate(member, threshold, L)
+_INF = 2 ** 62
+
+
+def _affine(eq: Equation, expr, sym) -> tuple[int, int, np.ndarray]:
+    """(Le, a, b): expr's own period Le and expr(Le*q + s) == a*q + b[s] for q >= 0, 0 <= s < Le."""
+    Le = period_for([expr], sym)
+    try:
+        f = int_evaluator(expr, sym, 2 * Le)
+    except OverflowError:
+        raise UsageError(f"{eq.name}: {eq.axis} sizes in {expr} exceed the checker's 64-bit range; "
+                         f"keep kernels, strides and paddings <= {GEOMETRY_LIMIT}") from None
+    ends = f(np.array([0, Le], dtype=np.int64))
+    return Le, int(ends[1] - ends[0]), f(np.arange(Le, dtype=np.int64))
+
+
+def _spread(affine: tuple[int, int, np.ndarray], L: int) -> tuple[int, np.ndarray]:
+    """(Le, a, b) -> the same expression on period L (a multiple of Le): with r = Le*t + s,
+    expr(L*q + r) = a*(L/Le*q + t) + b[s], laid out as an (L/Le, Le) table."""
+    Le, a, b = affine
+    t = np.arange(L // Le, dtype=np.int64)[:, None]
+    return a * (L // Le), (a * t + b[None, :]).ravel()
+
+
+def _dense(eq: Equation, L: int, lo: np.ndarray, hi: np.ndarray) -> IntSet:
+    """The IntSet of {L*q + r : lo[r] <= q <= hi[r]}, from a table of the sizes below L*qmax."""
+    inf = hi == _INF
+    fin = (lo <= hi) & ~inf
+    qmax = max(1, int(lo[inf].max()) if inf.any() else 0, int(hi[fin].max()) + 1 if fin.any() else 0)
+    if L * qmax > MAX_SPAN:
+        raise UsageError(f"{eq.name}: {eq.axis} needs the sizes up to {L * qmax} examined, above the "
+                         f"checker's limit {MAX_SPAN} (2^23); use smaller kernels, strides or paddings")
+    q = np.arange(qmax, dtype=np.int64)[:, None]
+    return IntSet.from_dense(((q >= lo) & (q <= hi)).ravel(), inf)
 
 
 def _relevant(reqs: tuple[Requirement, ...], sym) -> list[Requirement]:
@@ -128,9 +171,8 @@ def _concrete_verdict(eq: Equation, sym, value: int, reqs: list[Requirement], ax
                                             f"expected {rhs}); nearest valid: {near}")
 
 
-def _layers(cfg: Config) -> list[Layer]:
+def _layers(g: Graph) -> list[Layer]:
     """The layer table; at concrete sizes it stops at the first undefined layer."""
-    g = build(cfg)
     rows = []
     for op in g.ops:
         n_params = sum(int(sp.prod(s)) for s in op.params().values())
@@ -144,9 +186,37 @@ def _layers(cfg: Config) -> list[Layer]:
     return rows
 
 
-def check(cfg: Config, workspace: bool = True) -> Report:
-    """Analyse a config: exact valid sets per hypothesis and per axis, concrete verdicts if sized,
-    and (``workspace``) the C target's workspace bytes for a valid concrete config."""
+def _warnings(g: Graph, n_layers: int) -> list[str]:
+    """At concrete sizes: the largest forward tensor when it has 2^31 elements or more."""
+    sizes = {t: int(sp.prod(g.raw[op.output])) for op in g.ops[:n_layers] for t in [op.output]
+             if all(getattr(d, "is_Integer", False) for d in g.raw[op.output])}
+    if not sizes or max(sizes.values()) < LARGE_TENSOR:
+        return []
+    name = max(sizes, key=lambda t: sizes[t])
+    return [f"tensor {name} has {sizes[name]:,} elements (>= 2^31): 32-bit indexing cannot address it"]
+
+
+def _check_inputs(cfg: Config) -> None:
+    """Refuse (UsageError) a value the checker cannot analyse in bounded time and memory, even
+    when it reached check() without Config's validation."""
+    for key in GEOMETRY_KEYS + ("in_c", "out_c", "base_c"):
+        value, least = getattr(cfg, key), 0 if key.endswith("padding") else 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise UsageError(f"{key} = {value!r}: the checker needs an integer >= {least}")
+        if key in GEOMETRY_KEYS and value > GEOMETRY_LIMIT:
+            shown = value if value < 10 ** 15 else f"{value:.3e}"
+            raise UsageError(f"{key} = {shown} is above the checker's limit {GEOMETRY_LIMIT} (2^20)")
+    for key in AXES:
+        value = getattr(cfg, key)
+        if isinstance(value, bool) or not isinstance(value, (int, str)) or (isinstance(value, int) and value < 1):
+            raise UsageError(f"{key} = {value!r}: the checker needs an integer >= 1 or a symbol name")
+
+
+def check(cfg: Config, workspace: bool = False) -> Report:
+    """Analyse a config: exact valid sets per hypothesis and per axis, and the verdicts at concrete
+    sizes. Cost bounded by :data:`LIMITS` (UsageError above them), whatever the input sizes.
+    ``workspace`` is ignored (kept for old callers): the C workspace is the caller's to add."""
+    _check_inputs(cfg)
     g = build(cfg, symbolic=True)
     concrete = {"in_h": cfg.in_h if isinstance(cfg.in_h, int) else None,
                 "in_w": cfg.in_w if isinstance(cfg.in_w, int) else None}
@@ -167,11 +237,6 @@ def check(cfg: Config, workspace: bool = True) -> Report:
         else:
             status, lhs, rhs, msg = _concrete_verdict(eq, sym, value, reqs, axis_sets[eq.axis], s)
             constraints.append(Constraint(eq.name, eq.layer, eq.axis, status, lhs, rhs, s, msg))
-    report = Report(cfg, constraints, axis_sets, [], concrete)
-    report.layers = _layers(cfg)
-    if workspace and report.ok and not cfg.symbolic:
-        from .specialize import specialize
-        from .targets.c_target import workspace_bytes
-
-        report.workspace_bytes = workspace_bytes(specialize(cfg, report))
-    return report
+    g_at = g if isinstance(cfg.in_h, str) and isinstance(cfg.in_w, str) else build(cfg)
+    layers = _layers(g_at)
+    return Report(cfg, constraints, axis_sets, layers, concrete, warnings=_warnings(g_at, len(layers)))

@@ -7,7 +7,10 @@ Every size is a SymPy expression built from the input size symbol with +, * by c
 from __future__ import annotations
 
 from fractions import Fraction
+from math import gcd, lcm
+from typing import Callable
 
+import numpy as np
 import sympy as sp
 
 
@@ -56,22 +59,89 @@ def linearize(expr, sym: sp.Symbol, L: int, r: int) -> tuple[Fraction, Fraction]
             raise ValueError(f"not floor-linear: {expr}")
         a, b = linearize(rest[0], sym, L, r)
         return const * a, const * b
-    if isinstance(expr, sp.floor):
+    if isinstance(expr, (sp.floor, sp.ceiling)):
         a, b = linearize(expr.args[0], sym, L, r)
         if a.denominator != 1:
             raise NotLinear(a.denominator)
+        if isinstance(expr, sp.ceiling):
+            return a, Fraction(-((-b.numerator) // b.denominator))
         return a, Fraction(b.numerator // b.denominator)
     raise ValueError(f"not floor-linear: {expr}")
 
 
 def period_for(exprs, sym: sp.Symbol) -> int:
-    """The smallest L found by doubling-up divisors so that every expr linearises on H = L*q + r."""
+    """The smallest L found by multiplying up divisors so that every expr linearises on H = L*q + r.
+
+    Whether a floor's argument has an integer q-coefficient does not depend on r, so r = 0 is
+    checked only: the cost is a few passes over the expression trees, whatever L is."""
     L = 1
     while True:
         try:
             for e in exprs:
-                for r in range(L):
-                    linearize(e, sym, L, r)
+                linearize(e, sym, L, 0)
             return L
         except NotLinear as nl:
             L *= nl.divisor
+
+
+INT64_SAFE = 2 ** 62  # every intermediate of a compiled evaluator stays below this in absolute value
+
+Evaluator = Callable[[np.ndarray], np.ndarray]
+
+
+def int_evaluator(expr, sym: sp.Symbol, max_x: int) -> Evaluator:
+    """Compile an integer-valued floor-linear ``expr`` into an exact int64 NumPy function of an
+    array of ``sym`` values with |value| <= max_x. Raises OverflowError (naming the bound) when
+    an intermediate value could leave int64, ValueError when ``expr`` is not floor-linear."""
+    fn, den, _ = _compile(sp.sympify(expr), sym, max_x)
+    if den == 1:
+        return lambda x: np.asarray(fn(x), dtype=np.int64)
+
+    def exact(x: np.ndarray) -> np.ndarray:
+        q, rem = np.divmod(np.asarray(fn(x), dtype=np.int64), den)
+        if np.any(rem):
+            raise ValueError(f"not integer-valued: {expr}")
+        return q
+    return exact
+
+
+def _checked(bound: int, expr) -> int:
+    if bound >= INT64_SAFE:
+        raise OverflowError(f"{expr} may reach {bound}, beyond 2**62")
+    return bound
+
+
+def _compile(expr, sym, max_x: int) -> tuple[Callable, int, int]:
+    """(fn, den, bound): expr(x) == fn(x) / den exactly, with |fn(x)| <= bound."""
+    if expr == sym:
+        return (lambda x: x), 1, _checked(max_x, expr)
+    if expr.is_Number:
+        v = Fraction(str(expr))
+        num = v.numerator
+        return (lambda x: num), v.denominator, _checked(abs(num), expr)
+    if expr.is_Add:
+        parts = [_compile(a, sym, max_x) for a in expr.args]
+        den = lcm(*(d for _, d, _ in parts))
+        scaled = [(f, den // d) for f, d, _ in parts]
+        bound = _checked(sum(b * (den // d) for _, d, b in parts), expr)
+        return (lambda x: sum(f(x) * m for f, m in scaled)), den, bound
+    if expr.is_Mul:
+        const = Fraction(1)
+        rest = []
+        for arg in expr.args:
+            if arg.is_Number:
+                const *= Fraction(str(arg))
+            else:
+                rest.append(arg)
+        if len(rest) != 1:
+            raise ValueError(f"not floor-linear: {expr}")
+        f, d, b = _compile(rest[0], sym, max_x)
+        g = gcd(const.numerator, const.denominator * d)
+        num, den = const.numerator // g, const.denominator * d // g
+        return (lambda x: f(x) * num), den, _checked(b * abs(num), expr)
+    if isinstance(expr, (sp.floor, sp.ceiling)):
+        f, d, b = _compile(expr.args[0], sym, max_x)
+        if isinstance(expr, sp.floor):
+            return (lambda x: f(x) // d), 1, b // d + 1
+        return (lambda x: -((-f(x)) // d)), 1, b // d + 1
+    raise ValueError(f"not floor-linear: {expr}")

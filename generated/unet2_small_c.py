@@ -343,14 +343,17 @@ def _load():
     status, version = _run(cc + ["--version"], timeout=120)
     cache = _cache_dir()
     _clean_stale(cache)
-    path = _build(cc, version, cache)
-    lib, why = _open(path)
-    if lib is None:
-        _discard(path)
+    try:
         path = _build(cc, version, cache)
         lib, why = _open(path)
         if lib is None:
-            raise ImportError(f"unetc: the library {path} built from {_SOURCE} {why}")
+            _discard(path)
+            path = _build(cc, version, cache)
+            lib, why = _open(path)
+    except OSError as err:
+        raise ImportError(f"unetc: cannot build in the cache directory {cache!r}: {err.strerror or err}") from None
+    if lib is None:
+        raise ImportError(f"unetc: the library {path} built from {_SOURCE} {why}")
     return lib, path
 
 

@@ -7,11 +7,12 @@ class UnetcError(Exception):
     exit_code = 2
 
 
-class ConfigError(UnetcError):
-    """A config file or value is invalid (missing file, broken YAML, bad key or value)."""
+class ConfigError(UnetcError, ValueError):
+    """A config file or value is invalid (missing file, broken YAML, bad key or value). Also a
+    ValueError, so API callers catching the standard exception for a bad value catch it too."""
 
 
-class UsageError(UnetcError):
+class UsageError(UnetcError, ValueError):
     """The command line or API call is malformed (e.g. a bad ``--size``)."""
 
 

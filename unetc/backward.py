@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .graph import Graph, subs_op, subs_shape
+from .graph import Graph, Substitution
 from .ops import (Add, BiasGrad, Concat, Conv2d, Conv2dGradInput, Conv2dGradWeight, ConvTranspose2d,
                   ConvTranspose2dGradInput, ConvTranspose2dGradWeight, MaxPool2d, MaxPool2dGrad, Op,
                   Relu, ReluGrad, Shape, Slice)
@@ -77,8 +77,8 @@ class Backward:
     def subs(self, values: dict, forward: Graph) -> "Backward":
         """A copy with size symbols replaced (see :meth:`Graph.subs`); ``forward`` is the forward
         graph substituted alike."""
-        return Backward(forward, [subs_op(op, values) for op in self.ops],
-                        {t: subs_shape(s, values) for t, s in self.shapes.items()},
+        f = Substitution(values)
+        return Backward(forward, [f.op(op) for op in self.ops], {t: f.shape(s) for t, s in self.shapes.items()},
                         dict(self.param_grads), self.grad_x)
 
     def saved(self) -> list[str]:

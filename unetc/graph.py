@@ -53,12 +53,12 @@ class Graph:
     def subs(self, values: dict) -> "Graph":
         """A copy with size symbols replaced (e.g. {H: 16}): shapes, raw shapes, hypotheses,
         requirements and the ops' shape attributes; concrete sizes become SymPy Integers."""
-        return Graph(self.config, _subs(self.h, values), _subs(self.w, values),
-                     [subs_op(op, values) for op in self.ops],
-                     {t: subs_shape(s, values) for t, s in self.shapes.items()},
-                     {t: subs_shape(s, values) for t, s in self.raw.items()},
-                     [_subs_eq(e, values) for e in self.equations],
-                     {t: [_subs_req(r, values) for r in rs] for t, rs in self.requirements.items()})
+        f = Substitution(values)
+        return Graph(self.config, f(self.h), f(self.w), [f.op(op) for op in self.ops],
+                     {t: f.shape(s) for t, s in self.shapes.items()},
+                     {t: f.shape(s) for t, s in self.raw.items()},
+                     [f.equation(e) for e in self.equations],
+                     {t: [f.requirement(r) for r in rs] for t, rs in self.requirements.items()})
 
     def verify(self) -> None:
         """Re-run every op's own check against the recorded shapes (raises ShapeError)."""
@@ -66,29 +66,36 @@ class Graph:
             op.verify([self.shapes[t] for t in op.inputs], self.shapes[op.output])
 
 
-def _subs(e, values: dict):
-    return sp.sympify(e).subs(values) if values else e
+class Substitution:
+    """Size symbols -> values (e.g. {H: 16}) applied to expressions, shapes, ops, requirements and
+    hypotheses; memoised, since a graph repeats the same few expressions thousands of times.
+    Uses ``xreplace`` (exact; a floor of a number evaluates)."""
 
+    def __init__(self, values: dict):
+        self.values, self.memo = {k: sp.sympify(v) for k, v in values.items()}, {}
 
-def subs_shape(shape: Shape, values: dict) -> Shape:
-    """A shape with size symbols replaced; channel counts stay Python ints."""
-    return tuple(d if isinstance(d, int) else _subs(d, values) for d in shape)
+    def __call__(self, e):
+        if isinstance(e, int) or not self.values:
+            return e  # channel counts stay Python ints
+        if e not in self.memo:
+            self.memo[e] = sp.sympify(e).xreplace(self.values)
+        return self.memo[e]
 
+    def shape(self, shape: Shape) -> Shape:
+        return tuple(self(d) for d in shape)
 
-def subs_op(op: Op, values: dict) -> Op:
-    """An op with the shapes it carries (``in_shape`` of input gradients) substituted."""
-    if isinstance(getattr(op, "in_shape", None), tuple):
-        return dataclasses.replace(op, in_shape=subs_shape(op.in_shape, values))
-    return op
+    def op(self, op: Op) -> Op:
+        """The op with the shapes it carries (``in_shape`` of input gradients) substituted."""
+        if isinstance(getattr(op, "in_shape", None), tuple):
+            return dataclasses.replace(op, in_shape=self.shape(op.in_shape))
+        return op
 
+    def requirement(self, r: Requirement) -> Requirement:
+        return dataclasses.replace(r, expr=self(r.expr))
 
-def _subs_req(r: Requirement, values: dict) -> Requirement:
-    return dataclasses.replace(r, expr=_subs(r.expr, values))
-
-
-def _subs_eq(e: Equation, values: dict) -> Equation:
-    return dataclasses.replace(e, lhs=_subs(e.lhs, values), rhs=_subs(e.rhs, values),
-                               requires=tuple(_subs_req(r, values) for r in e.requires))
+    def equation(self, e: Equation) -> Equation:
+        return dataclasses.replace(e, lhs=self(e.lhs), rhs=self(e.rhs),
+                                   requires=tuple(self.requirement(r) for r in e.requires))
 
 
 def axis_size(value, default: str):
@@ -104,13 +111,14 @@ SIZE_SYMBOLS = (axis_size("H", "H"), axis_size("W", "W"))  # the graph's sizes i
 def build(cfg: Config, symbolic: bool = False) -> Graph:
     """Build the U-Net-2 graph of SPEC.md. ``symbolic`` replaces concrete sizes by symbols H, W
     (the checker analyses every config symbolically, then tests the concrete sizes); a concrete
-    axis gets a name the other axis does not use (in_h: 16, in_w: H -> H_, H)."""
+    axis gets a name the other axis does not use (in_h: 16, in_w: H -> H0, H;
+    as :func:`unetc.cost.symbolic_graph` names them)."""
     names = [cfg.in_h, cfg.in_w]
     for i, default in ((0, "H"), (1, "W")):
         if symbolic and isinstance(names[i], int):
             names[i] = default
             while names[i] == names[1 - i]:
-                names[i] += "_"
+                names[i] += "0"
     return build_at(cfg, axis_size(names[0], "H"), axis_size(names[1], "W"))
 
 

@@ -25,7 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="print one JSON object")
     c.add_argument("--certify", metavar="FILE.smt2",
                    help="write an SMT-LIB 2 certificate of every claim (and check it with z3 if installed)")
-    e = sub.add_parser("emit", help="emit specialised forward/backward code for a config")
+    e = sub.add_parser("emit", help="emit forward/backward code (specialised, or size-polymorphic for symbolic sizes)")
     e.add_argument("config", nargs="?", help="YAML config (default: the bundled default config)")
     e.add_argument("--target", required=True, choices=["numpy", "c"], help="code generation target")
     e.add_argument("--size", help="bind the input size, e.g. 128x128 (overrides in_h/in_w)")

@@ -173,7 +173,13 @@ def _remove_created(dirs: list[Path]) -> None:
 
 def emit(cfg: Config, target: str, out_dir: str | Path = "generated", testbench: bool = False,
          force: bool = False) -> list[Path]:
-    """Emit the files of ``target`` for a concrete config into out_dir; returns the paths written.
-    Refuses (EmitError) to overwrite another config's files unless ``force``."""
-    files = _target(target)(specialize(cfg), testbench)
+    """Emit the files of ``target`` for a concrete or symbolic config (symbolic: size-polymorphic
+    code) into out_dir; returns the paths written. Refuses (EmitError) to overwrite another
+    config's files unless ``force``."""
+    files_of = _target(target)
+    sp = specialize(cfg)
+    if sp.symbolic and target == "c":
+        raise EmitError(f"--target c needs concrete sizes (in_h {cfg.in_h}, in_w {cfg.in_w}); "
+                        f"bind them with --size HxW (size-polymorphic code: --target numpy)")
+    files = files_of(sp, testbench)
     return write_all(Path(out_dir), files, force)

@@ -118,7 +118,7 @@ def _describe(value: Any) -> str:
     if value is None:
         return "null"
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10 ** MAX_DIGITS:
-        return f"an integer {'>' if value > 0 else '< -'} 10**{MAX_DIGITS}"
+        return f"an integer {'> ' if value > 0 else '< -'}10**{MAX_DIGITS}"
     return f"{type(value).__name__} {value!r}"
 
 
@@ -252,8 +252,9 @@ def _scalar(key: str, event: Any, where: str) -> Any:
     if tag == "int":
         digits = text.lstrip("-")
         if not re.fullmatch(r"-?[0-9]+", text) or (len(digits) > 1 and digits[0] == "0"):
-            raise _Refused(f"{key}{where}: {text!r} is not a plain decimal integer (no leading zeros, "
-                           "signs, '_', ':', 0x/0o/0b; YAML 1.1 would read 010 as 8 and 1:30 as 90)")
+            why = ("no leading zeros: YAML 1.1 reads 010 as octal 8" if re.fullmatch(r"-?0[0-9_]+", text) else
+                   "no ':': YAML 1.1 reads 1:30 as 90" if ":" in text else "digits only, after an optional '-'")
+            raise _Refused(f"{key}{where}: {text!r} is not a plain decimal integer ({why})")
         if len(digits) > MAX_DIGITS:
             return 10 ** MAX_DIGITS * (-1 if text.startswith("-") else 1)  # out of every range
         return int(text)
@@ -405,7 +406,7 @@ def parse_size(text: str) -> tuple[Size, Size]:
     out: list[Size] = []
     for axis, part in zip(("in_h", "in_w"), values):
         digits = part.lstrip("+-")
-        if not re.fullmatch(r"[+-]?[0-9]+", part) and not IDENT.match(part):
+        if not re.fullmatch(r"[+-]?[0-9]+|\w+", part):
             raise ConfigError(f"--size {text!r}: {axis} must be an integer or a symbol name, got {part!r}")
         sign = -1 if part.startswith("-") else 1
         value: Size = (sign * 10 ** MAX_DIGITS if len(digits) > MAX_DIGITS else int(part)) if digits.isdigit() else part

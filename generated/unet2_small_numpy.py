@@ -22,7 +22,9 @@
 """Forward and backward of the U-Net-2 `unet2_small` (SPEC.md semantics), in NumPy only.
 
 API: PARAM_SHAPES, init_params(seed=0), forward(params, x) -> y,
-backward(params, x, grad_output) -> (grads, grad_x). Arrays are (C, H, W), dtype float32.
+backward(params, x, grad_output) -> (grads, grad_x), save_params(path, params), load_params(path).
+Arrays are one image (C, H, W) or a batch (N, C, H, W) of any N >= 1 chosen at call time, dtype
+float32; parameter gradients are summed over the batch.
 Intermediates live in work arrays kept per thread between calls (like the C target's workspace);
 the arrays returned to the caller are always fresh.
 """
@@ -102,9 +104,84 @@ def _check_params(params):
         _check_array(f"params[{name!r}]", params[name], shape)
 
 
-# ---- kernels: vectorised over channels and pixels; loops only over kernel offsets ----
+def _batch_size(name, a, shape):
+    """Check a: one image of ``shape`` (C, H, W) -> None, or a batch (N, C, H, W) of them -> N
+    (N >= 1); anything else is a ValueError naming ``name``."""
+    if isinstance(a, np.ndarray) and not isinstance(a, np.ma.MaskedArray) and a.ndim == len(shape) + 1:
+        if a.dtype != DTYPE:
+            raise ValueError(f"{name}: expected dtype {np.dtype(DTYPE).name}, got {a.dtype}")
+        if a.shape[1:] != tuple(shape):
+            raise ValueError(f"{name}: expected shape (N, {', '.join(map(str, shape))}), got {a.shape}")
+        if a.shape[0] < 1:
+            raise ValueError(f"{name}: empty batch (N = 0), expected N >= 1")
+        return a.shape[0]
+    _check_array(name, a, tuple(shape))
+    return None
+
+
+def _check_like(name, a, shape, n):
+    """Check a: one image of ``shape`` when n is None, else a batch of n of them (like x)."""
+    _check_array(name, a, tuple(shape) if n is None else (n, *shape))
+
+
+def save_params(path, params):
+    """Write params (the keys of PARAM_SHAPES, dtype DTYPE: checked first) to the .npz file path,
+    atomically (a temporary file in the same directory, then renamed)."""
+    import os
+    import tempfile
+
+    _check_params(params)
+    path = os.fspath(path)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".params-", suffix=".npz.tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **{k: np.ascontiguousarray(params[k]) for k in PARAM_SHAPES})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_params(path):
+    """The params dict stored in the .npz file path (by save_params, or np.savez with the keys of
+    PARAM_SHAPES). ValueError naming the file and the culprit: unreadable, a missing or unexpected
+    key, a wrong shape or dtype (no conversion)."""
+    import zipfile
+
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if not hasattr(f, "files"):
+                raise ValueError("not an .npz archive")
+            keys = list(f.files)
+            params = {k: f[k] for k in keys if k in PARAM_SHAPES}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise ValueError(f"{path}: cannot load parameters: {err}") from None
+    extra = [k for k in keys if k not in PARAM_SHAPES]
+    try:
+        if extra:
+            raise ValueError(f"params: unexpected key {extra[0]!r}")
+        _check_params(params)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    return {k: params[k] for k in PARAM_SHAPES}
+
+
+# ---- kernels: activations are (C, N, H, W) -- channels first, then the batch -- so that one
+# matmul covers the whole batch; vectorised over channels, images and pixels, loops only over
+# kernel offsets ----
 
 _POOL = threading.local()
+_KEEP_BATCH_SIZES = 2  # work arrays are kept for the batch sizes of this many most recent calls
+
+
+def _use_pool(n):
+    """Make the work arrays of batch size n (per thread) the current ones; those of batch sizes
+    older than the last _KEEP_BATCH_SIZES are dropped (a training loop's odd last batch)."""
+    pools = _POOL.__dict__.setdefault("pools", {})
+    pools[n] = pools.pop(n, None) or {}  # most recently used last
+    while len(pools) > _KEEP_BATCH_SIZES:
+        del pools[next(iter(pools))]
+    _POOL.arrays = pools[n]
 
 
 def _buffer(tag, shape, dtype=DTYPE):
@@ -117,13 +194,24 @@ def _buffer(tag, shape, dtype=DTYPE):
     return a
 
 
+def _channels_first(a, n):
+    """One (C, H, W) image (n None) or an (N, C, H, W) batch -> the (C, N, H, W) layout of the kernels."""
+    return a[:, None] if n is None else np.ascontiguousarray(a.transpose(1, 0, 2, 3))
+
+
+def _batch_first(a, n):
+    """A result of the kernels (C, N, H, W) -> (C, H, W) for one image (n None), else (N, C, H, W)."""
+    a = a.transpose(1, 0, 2, 3)
+    return a[0] if n is None else a
+
+
 def _at(a, i, j, s, ho, wo):
-    """The (C, ho, wo) strided view of a that kernel offset (i, j) sees at stride s."""
-    return a[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s]
+    """The (..., ho, wo) strided view of a that kernel offset (i, j) sees at stride s."""
+    return a[..., i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s]
 
 
 def _maxpool2d(x, k, s, ho, wo, out):
-    """(C, ho, wo) max over each k x k window at stride s, into out (NaN propagates, as in PyTorch)."""
+    """(..., ho, wo) max over each k x k window at stride s, into out (NaN propagates, as in PyTorch)."""
     views = [_at(x, i, j, s, ho, wo) for i in range(k) for j in range(k)]
     np.maximum(views[0], views[-1], out=out)
     for v in views[1:-1]:
@@ -132,36 +220,36 @@ def _maxpool2d(x, k, s, ho, wo, out):
 
 
 def _windows(x, k, s, ho, wo):
-    """(C, H, W) -> (k*k, C, ho, wo): for each kernel offset, the strided view it sees."""
+    """(..., H, W) -> (k*k, ..., ho, wo): for each kernel offset, the strided view it sees."""
     return np.stack([_at(x, i, j, s, ho, wo) for i in range(k) for j in range(k)],
-                    out=_buffer("windows", (k * k, x.shape[0], ho, wo)))
+                    out=_buffer("windows", (k * k, *x.shape[:-2], ho, wo)))
 
 
 def _im2col(x, k, s, p, ho, wo, tag="im2col"):
-    """(C, H, W) -> (C*k*k, ho*wo) columns of the zero-padded input, in the work array ``tag``."""
-    c, h, w = x.shape
+    """(C, N, H, W) -> (C*k*k, N*ho*wo) columns of the zero-padded input, in the work array ``tag``."""
+    c, n, h, w = x.shape
     if k == 1 and s == 1 and p == 0:
-        return x.reshape(c, h * w)
+        return x.reshape(c, n * h * w)
     if p:
-        xp = _buffer("pad", (c, h + 2 * p, w + 2 * p), x.dtype)
-        xp[:, :p] = 0
-        xp[:, h + p:] = 0
-        xp[:, p:h + p, :p] = 0
-        xp[:, p:h + p, w + p:] = 0
-        xp[:, p:p + h, p:p + w] = x
+        xp = _buffer("pad", (c, n, h + 2 * p, w + 2 * p), x.dtype)
+        xp[:, :, :p] = 0
+        xp[:, :, h + p:] = 0
+        xp[:, :, p:h + p, :p] = 0
+        xp[:, :, p:h + p, w + p:] = 0
+        xp[:, :, p:p + h, p:p + w] = x
         x = xp
-    cols = _buffer(tag, (c, k, k, ho, wo), x.dtype)
+    cols = _buffer(tag, (c, k, k, n, ho, wo), x.dtype)
     for i in range(k):
         for j in range(k):
             cols[:, i, j] = _at(x, i, j, s, ho, wo)
-    return cols.reshape(c * k * k, ho * wo)
+    return cols.reshape(c * k * k, n * ho * wo)
 
 
-def _col2im(cols, c, hp, wp, k, s, ho, wo):
-    """Adjoint of _im2col before cropping: (C*k*k, ho*wo) -> (C, hp, wp) work array, overlaps summed."""
-    out = _buffer("col2im", (c, hp, wp), cols.dtype)
+def _col2im(cols, c, n, hp, wp, k, s, ho, wo):
+    """Adjoint of _im2col before cropping: (C*k*k, N*ho*wo) -> (C, N, hp, wp) work array, overlaps summed."""
+    out = _buffer("col2im", (c, n, hp, wp), cols.dtype)
     out.fill(0)
-    cols = cols.reshape(c, k, k, ho, wo)
+    cols = cols.reshape(c, k, k, n, ho, wo)
     for i in range(k):
         for j in range(k):
             window = _at(out, i, j, s, ho, wo)
@@ -169,71 +257,78 @@ def _col2im(cols, c, hp, wp, k, s, ho, wo):
     return out
 
 
-# Stride 1: rows of width wp = wo + k - 1. With the padded input flattened per channel, every
+# Stride 1: rows of width wp = wo + k - 1. With each padded image flattened per channel, every
 # kernel offset (i, j) sees one contiguous range (start i*wp + j) -- cheap copies and adds. The
 # last k - 1 columns of each row are junk: cropped on output, multiplied by zero columns of dy.
 
 def _rows(x, k, p):
-    """x (C, H, W) zero-padded by p and flattened to (C, hp*wp + k - 1), in a work array."""
-    c, h, w = x.shape
+    """x (C, N, H, W) zero-padded by p and flattened to (C, N, hp*wp + k - 1), in a work array."""
+    c, n, h, w = x.shape
     hp, wp = h + 2 * p, w + 2 * p
-    flat = _buffer("rows", (c, hp * wp + k - 1), x.dtype)
+    flat = _buffer("rows", (c, n, hp * wp + k - 1), x.dtype)
     if p:
         flat[:] = 0
     else:
-        flat[:, hp * wp:] = 0
-    flat[:, :hp * wp].reshape(c, hp, wp)[:, p:p + h, p:p + w] = x
+        flat[:, :, hp * wp:] = 0
+    flat[:, :, :hp * wp].reshape(c, n, hp, wp)[:, :, p:p + h, p:p + w] = x
     return flat
 
 
 def _im2col_s1(x, k, p, ho, tag="im2col"):
-    """(C*k*k, ho*wp) stride-1 columns of x (junk columns included), in the work array ``tag``."""
-    c, h, w = x.shape
+    """(C*k*k, N*ho*wp) stride-1 columns of x (junk columns included), in the work array ``tag``."""
+    c, n, h, w = x.shape
     wp = w + 2 * p
     flat = _rows(x, k, p)
-    cols = _buffer(tag, (c, k, k, ho * wp), x.dtype)
+    cols = _buffer(tag, (c, k, k, n, ho * wp), x.dtype)
     for i in range(k):
         for j in range(k):
-            cols[:, i, j] = flat[:, i * wp + j:i * wp + j + ho * wp]
-    return cols.reshape(c * k * k, ho * wp)
+            cols[:, i, j] = flat[:, :, i * wp + j:i * wp + j + ho * wp]
+    return cols.reshape(c * k * k, n * ho * wp)
 
 
 def _widen(dy, wp):
-    """dy (O, ho, wo) -> (O, ho*wp) with zeros in the junk columns. The weight and the input
+    """dy (O, N, ho, wo) -> (O, N*ho*wp) with zeros in the junk columns. The weight and the input
     gradient of a layer widen the same dy one after the other: the second call reuses the first."""
-    o, ho, wo = dy.shape
-    out = _buffer("widen", (o, ho, wp), dy.dtype)
+    o, n, ho, wo = dy.shape
+    out = _buffer("widen", (o, n, ho, wp), dy.dtype)
     if _POOL.__dict__.get("widened") is not dy:
-        out[:, :, wo:] = 0
-        out[:, :, :wo] = dy
+        out[..., wo:] = 0
+        out[..., :wo] = dy
         _POOL.widened = dy
-    return out.reshape(o, ho * wp)
+    return out.reshape(o, n * ho * wp)
 
 
 def _result(work, shape):
-    """The array an op writes its output into: the work array ``work``, or a fresh one (None)."""
-    return np.empty(shape, DTYPE) if work is None else _buffer("out:" + work, shape)
+    """The array an op writes its output into: the work array ``work``, or a fresh one (None).
+    A fresh (C, N, H, W) result is a view of an (N, C, H, W) array: _batch_first returns it
+    without a copy."""
+    if work is not None:
+        return _buffer("out:" + work, shape)
+    if len(shape) == 4:
+        return np.empty((shape[1], shape[0], shape[2], shape[3]), DTYPE).transpose(1, 0, 2, 3)
+    return np.empty(shape, DTYPE)
 
 
 def _conv2d(x, w, b, k, s, p, ho, wo, cache=None, key=None, work=None):
-    """Convolution; with a cache dict, keeps the columns for _conv2d_grad_weight."""
+    """Convolution of x (C, N, H, W); with a cache dict, keeps the columns for _conv2d_grad_weight."""
     tag = "im2col" if cache is None else key
     cols = _im2col_s1(x, k, p, ho, tag) if s == 1 else _im2col(x, k, s, p, ho, wo, tag)
     if cache is not None:
         cache[key] = cols
-    o = w.shape[0]
+    o, n = w.shape[0], x.shape[1]
     y = np.matmul(w.reshape(o, -1), cols, out=_buffer("matmul", (o, cols.shape[1])))
-    return np.add(y.reshape(o, ho, -1)[:, :, :wo], b[:, None, None], out=_result(work, (o, ho, wo)))
+    return np.add(y.reshape(o, n, ho, -1)[..., :wo], b[:, None, None, None], out=_result(work, (o, n, ho, wo)))
 
 
 def _conv2d_grad_weight(x, dy, k, s, p, cols=None):
-    """dW = dy . columns^T, computed as its transpose columns . dy^T (the faster BLAS shape)."""
-    o, ho, wo = dy.shape
+    """dW = dy . columns^T summed over the batch, computed as its transpose columns . dy^T (the
+    faster BLAS shape)."""
+    o, n, ho, wo = dy.shape
     if s == 1:
         cols = _im2col_s1(x, k, p, ho) if cols is None else cols
         # junk columns hold input values from the next row: zero them, or an Inf there times the
         # zero of dy would put a NaN into dW that no real window produced
-        cols.reshape(cols.shape[0], ho, -1)[:, :, wo:] = 0
+        cols.reshape(cols.shape[0], n, ho, -1)[..., wo:] = 0
         dyf = _widen(dy, wo + k - 1)
     else:
         cols = _im2col(x, k, s, p, ho, wo) if cols is None else cols
@@ -242,53 +337,53 @@ def _conv2d_grad_weight(x, dy, k, s, p, cols=None):
 
 
 def _conv2d_grad_input(dy, w, k, s, p, in_shape, work=None):
-    o, ho, wo = dy.shape
-    c, h, ww = in_shape
+    o, n, ho, wo = dy.shape
+    c, _, h, ww = in_shape
     if s == 1 and p <= k - 1 and o < c:
         # fewer output than input channels: the correlation of dy, zero-padded by k - 1 - p, with
         # the flipped kernel copies o channels (im2col) where the col2im below adds up c channels
         wf = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)).reshape(c, o * k * k)
         wq = ww + k - 1
-        dx_rows = np.matmul(wf, _im2col_s1(dy, k, k - 1 - p, h), out=_buffer("matmul", (c, h * wq)))
-        dx = _result(work, (c, h, ww))
-        np.copyto(dx, dx_rows.reshape(c, h, wq)[:, :, :ww])
+        dx_rows = np.matmul(wf, _im2col_s1(dy, k, k - 1 - p, h), out=_buffer("matmul", (c, n * h * wq)))
+        dx = _result(work, (c, n, h, ww))
+        np.copyto(dx, dx_rows.reshape(c, n, h, wq)[..., :ww])
         return dx
     if s == 1:
         wp, hp = wo + k - 1, ho + k - 1
-        dcols = np.matmul(w.reshape(o, -1).T, _widen(dy, wp), out=_buffer("dcols", (c * k * k, ho * wp)))
-        dcols = dcols.reshape(c, k, k, ho * wp)
-        flat = _buffer("col2im", (c, hp * wp + k - 1))
-        flat[:, :ho * wp] = dcols[:, 0, 0]  # offset (0, 0) starts the sum: no zero-fill pass
-        flat[:, ho * wp:] = 0
+        dcols = np.matmul(w.reshape(o, -1).T, _widen(dy, wp), out=_buffer("dcols", (c * k * k, n * ho * wp)))
+        dcols = dcols.reshape(c, k, k, n, ho * wp)
+        flat = _buffer("col2im", (c, n, hp * wp + k - 1))
+        flat[..., :ho * wp] = dcols[:, 0, 0]  # offset (0, 0) starts the sum: no zero-fill pass
+        flat[..., ho * wp:] = 0
         for i in range(k):
             for j in range(k):
                 if i or j:
-                    flat[:, i * wp + j:i * wp + j + ho * wp] += dcols[:, i, j]
-        dx = _result(work, (c, h, ww))
-        np.copyto(dx, flat[:, :hp * wp].reshape(c, hp, wp)[:, p:p + h, p:p + ww])
+                    flat[..., i * wp + j:i * wp + j + ho * wp] += dcols[:, i, j]
+        dx = _result(work, (c, n, h, ww))
+        np.copyto(dx, flat[..., :hp * wp].reshape(c, n, hp, wp)[..., p:p + h, p:p + ww])
         return dx
-    dcols = np.matmul(w.reshape(o, -1).T, dy.reshape(o, -1), out=_buffer("dcols", (c * k * k, ho * wo)))
-    dxp = _col2im(dcols, c, h + 2 * p, ww + 2 * p, k, s, ho, wo)
-    dx = _result(work, (c, h, ww))
-    np.copyto(dx, dxp[:, p:p + h, p:p + ww])
+    dcols = np.matmul(w.reshape(o, -1).T, dy.reshape(o, -1), out=_buffer("dcols", (c * k * k, n * ho * wo)))
+    dxp = _col2im(dcols, c, n, h + 2 * p, ww + 2 * p, k, s, ho, wo)
+    dx = _result(work, (c, n, h, ww))
+    np.copyto(dx, dxp[..., p:p + h, p:p + ww])
     return dx
 
 
 def _conv_transpose2d(x, w, b, k, s, p, uo, vo, work=None):
-    ci, d, e = x.shape
+    ci, n, d, e = x.shape
     co = w.shape[1]
-    cols = np.matmul(w.reshape(ci, -1).T, x.reshape(ci, -1), out=_buffer("dcols", (co * k * k, d * e)))
-    full = _col2im(cols, co, (d - 1) * s + k, (e - 1) * s + k, k, s, d, e)
-    return np.add(full[:, p:p + uo, p:p + vo], b[:, None, None], out=_result(work, (co, uo, vo)))
+    cols = np.matmul(w.reshape(ci, -1).T, x.reshape(ci, -1), out=_buffer("dcols", (co * k * k, n * d * e)))
+    full = _col2im(cols, co, n, (d - 1) * s + k, (e - 1) * s + k, k, s, d, e)
+    return np.add(full[..., p:p + uo, p:p + vo], b[:, None, None, None], out=_result(work, (co, n, uo, vo)))
 
 
 def _conv_transpose2d_grad_input(dy, w, k, s, p, d, e):
     ci = w.shape[0]
-    return (w.reshape(ci, -1) @ _im2col(dy, k, s, p, d, e)).reshape(ci, d, e)
+    return (w.reshape(ci, -1) @ _im2col(dy, k, s, p, d, e)).reshape(ci, dy.shape[1], d, e)
 
 
 def _conv_transpose2d_grad_weight(x, dy, k, s, p):
-    ci, d, e = x.shape
+    ci, _, d, e = x.shape
     return (x.reshape(ci, -1) @ _im2col(dy, k, s, p, d, e).T).reshape(ci, dy.shape[0], k, k)
 
 
@@ -304,9 +399,9 @@ def _masked(dy, keep, out=None):
 
 
 def _scatter_windows(choice, dy, shape, k, s):
-    """Route dy[c, i, j] to offset choice[c, i, j] of window (i, j); overlapping windows add up."""
+    """Route dy[..., i, j] to offset choice[..., i, j] of window (i, j); overlapping windows add up."""
     dx = np.zeros(shape, dtype=dy.dtype)
-    ho, wo = dy.shape[1:]
+    ho, wo = dy.shape[-2:]
     for t in range(k * k):
         i, j = divmod(t, k)
         window = _at(dx, i, j, s, ho, wo)
@@ -318,9 +413,9 @@ def _maxpool2d_grad_pytorch(x, dy, k, s):
     """PyTorch's rule: scanning each window in row-major order, an element wins if it is greater
     than the best so far or NaN -- the first maximum, or the last NaN. Without NaN: offset by
     offset, the element equal to the window's max and not taken by an earlier offset receives dy
-    (bit masks over the strided views, no argmax)."""
-    _, h, w = x.shape
-    ho, wo = dy.shape[1:]
+    (bit masks over the strided views, no argmax). Any leading axes (..., H, W)."""
+    h, w = x.shape[-2:]
+    ho, wo = dy.shape[-2:]
     views = [_at(x, i, j, s, ho, wo) for i in range(k) for j in range(k)]
     top = _maxpool2d(x, k, s, ho, wo, _buffer("pool_max", dy.shape))
     if np.isnan(top).any():
@@ -352,7 +447,7 @@ def _maxpool2d_grad_pytorch(x, dy, k, s):
 def _maxpool2d_grad_spec(x, dy, k, s):
     """The Lean spec's rule: per row, compare against the value at the best index so far
     (fixed at the start of the row); the last strictly greater element of the row wins."""
-    win = _windows(x, k, s, dy.shape[1], dy.shape[2])
+    win = _windows(x, k, s, dy.shape[-2], dy.shape[-1])
     best = np.zeros(dy.shape, dtype=np.intp)
     for r in range(k):
         v = np.take_along_axis(win, best[None], axis=0)[0]
@@ -365,20 +460,20 @@ def _maxpool2d_grad_spec(x, dy, k, s):
 
 # ---- the network ----
 
-def _forward(p, x, cache=None):
-    """Forward pass; returns y and the intermediates the backward pass reads (and, with a
-    cache dict, each convolution's input columns)."""
+def _forward(p, x, N, cache=None):
+    """Forward pass of a (C, N, H, W) batch; returns y and the intermediates the backward pass
+    reads (and, with a cache dict, each convolution's input columns)."""
     z1 = _conv2d(x, p["down1_1.weight"], p["down1_1.bias"], 3, 1, 1, 16, 12, cache, "down1_1", 'z1')
     s1 = np.maximum(z1, 0, out=z1)
     z2 = _conv2d(s1, p["down1_2.weight"], p["down1_2.bias"], 3, 1, 1, 16, 12, cache, "down1_2", 'z2')
     skip1 = np.maximum(z2, 0, out=z2)
-    pooled = _maxpool2d(skip1, 2, 2, 8, 6, _result('pooled', (4, 8, 6)))
+    pooled = _maxpool2d(skip1, 2, 2, 8, 6, _result('pooled', (4, N, 8, 6)))
     z3 = _conv2d(pooled, p["down2_1.weight"], p["down2_1.bias"], 3, 1, 1, 8, 6, cache, "down2_1", 'z3')
     b1 = np.maximum(z3, 0, out=z3)
     z4 = _conv2d(b1, p["down2_2.weight"], p["down2_2.bias"], 3, 1, 1, 8, 6, cache, "down2_2", 'z4')
     bottleneck = np.maximum(z4, 0, out=z4)
     up = _conv_transpose2d(bottleneck, p["upT.weight"], p["upT.bias"], 2, 2, 0, 16, 12, 'up')
-    merged = np.concatenate((skip1, up), axis=0, out=_result('merged', (8, 16, 12)))
+    merged = np.concatenate((skip1, up), axis=0, out=_result('merged', (8, N, 16, 12)))
     z5 = _conv2d(merged, p["up1_1.weight"], p["up1_1.bias"], 3, 1, 1, 16, 12, cache, "up1_1", 'z5')
     u1 = np.maximum(z5, 0, out=z5)
     z6 = _conv2d(u1, p["up1_2.weight"], p["up1_2.bias"], 3, 1, 1, 16, 12, cache, "up1_2", 'z6')
@@ -388,57 +483,64 @@ def _forward(p, x, cache=None):
 
 
 def forward(params, x):
-    """y = UNet2(params, x); x has shape IN_SHAPE, y has shape OUT_SHAPE."""
+    """y = UNet2(params, x). x: one image IN_SHAPE or a batch (N, *IN_SHAPE), any N >= 1;
+    y: OUT_SHAPE, with the batch axis when x has one."""
     _check_params(params)
-    _check_array("x", x, IN_SHAPE)
-    return _forward(params, x)[0]
+    n = _batch_size("x", x, IN_SHAPE)
+    _use_pool(n or 1)
+    y = _forward(params, _channels_first(x, n), n or 1)[0]
+    return _batch_first(y, n)
 
 
 def backward(params, x, grad_output):
-    """Recompute the forward pass, then walk back. Returns (grads, grad_x); grads has the keys
-    of PARAM_SHAPES (the gradient of each parameter), grad_x = dL/dx."""
+    """Recompute the forward pass, then walk back. x and grad_output: one image, or batches of
+    the same N. Returns (grads, grad_x); grads has the keys of PARAM_SHAPES (the gradient of each
+    parameter, summed over the batch), grad_x = dL/dx, shaped like x."""
     _check_params(params)
-    _check_array("x", x, IN_SHAPE)
-    _check_array("grad_output", grad_output, OUT_SHAPE)
+    n = _batch_size("x", x, IN_SHAPE)
+    _check_like("grad_output", grad_output, OUT_SHAPE, n)
+    N = n or 1
+    _use_pool(N)
     p = params
-    grad_y = grad_output
+    x = _channels_first(x, n)
+    grad_y = _channels_first(grad_output, n)
     cols = {}
     _POOL.widened = None  # _widen's memo never outlives one call (the caller may reuse grad_output)
-    _, (s1, skip1, pooled, b1, bottleneck, merged, u1, u2,) = _forward(p, x, cols)
+    _, (s1, skip1, pooled, b1, bottleneck, merged, u1, u2,) = _forward(p, x, N, cols)
     d_out1x1_weight = _conv2d_grad_weight(u2, grad_y, 1, 1, 0, cols.pop("out1x1"))
-    d_out1x1_bias = grad_y.sum(axis=(1, 2))
-    d_u2__out1x1 = _conv2d_grad_input(grad_y, p["out1x1.weight"], 1, 1, 0, (4, 16, 12), 'd_u2__out1x1')
-    d_z6__u2 = _masked(d_u2__out1x1, u2 > 0, _result('d_z6__u2', (4, 16, 12)))
+    d_out1x1_bias = grad_y.sum(axis=(1, 2, 3))
+    d_u2__out1x1 = _conv2d_grad_input(grad_y, p["out1x1.weight"], 1, 1, 0, (4, N, 16, 12), 'd_u2__out1x1')
+    d_z6__u2 = _masked(d_u2__out1x1, u2 > 0, _result('d_z6__u2', (4, N, 16, 12)))
     d_up1_2_weight = _conv2d_grad_weight(u1, d_z6__u2, 3, 1, 1, cols.pop("up1_2"))
-    d_up1_2_bias = d_z6__u2.sum(axis=(1, 2))
-    d_u1__up1_2 = _conv2d_grad_input(d_z6__u2, p["up1_2.weight"], 3, 1, 1, (4, 16, 12), 'd_u1__up1_2')
-    d_z5__u1 = _masked(d_u1__up1_2, u1 > 0, _result('d_z5__u1', (4, 16, 12)))
+    d_up1_2_bias = d_z6__u2.sum(axis=(1, 2, 3))
+    d_u1__up1_2 = _conv2d_grad_input(d_z6__u2, p["up1_2.weight"], 3, 1, 1, (4, N, 16, 12), 'd_u1__up1_2')
+    d_z5__u1 = _masked(d_u1__up1_2, u1 > 0, _result('d_z5__u1', (4, N, 16, 12)))
     d_up1_1_weight = _conv2d_grad_weight(merged, d_z5__u1, 3, 1, 1, cols.pop("up1_1"))
-    d_up1_1_bias = d_z5__u1.sum(axis=(1, 2))
-    d_merged__up1_1 = _conv2d_grad_input(d_z5__u1, p["up1_1.weight"], 3, 1, 1, (8, 16, 12), 'd_merged__up1_1')
+    d_up1_1_bias = d_z5__u1.sum(axis=(1, 2, 3))
+    d_merged__up1_1 = _conv2d_grad_input(d_z5__u1, p["up1_1.weight"], 3, 1, 1, (8, N, 16, 12), 'd_merged__up1_1')
     d_skip1__merged = d_merged__up1_1[0:4]
     d_up__merged = d_merged__up1_1[4:8]
     d_upT_weight = _conv_transpose2d_grad_weight(bottleneck, d_up__merged, 2, 2, 0)
-    d_upT_bias = d_up__merged.sum(axis=(1, 2))
+    d_upT_bias = d_up__merged.sum(axis=(1, 2, 3))
     d_bottleneck__upT = _conv_transpose2d_grad_input(d_up__merged, p["upT.weight"], 2, 2, 0, 8, 6)
-    d_z4__bottleneck = _masked(d_bottleneck__upT, bottleneck > 0, _result('d_z4__bottleneck', (8, 8, 6)))
+    d_z4__bottleneck = _masked(d_bottleneck__upT, bottleneck > 0, _result('d_z4__bottleneck', (8, N, 8, 6)))
     d_down2_2_weight = _conv2d_grad_weight(b1, d_z4__bottleneck, 3, 1, 1, cols.pop("down2_2"))
-    d_down2_2_bias = d_z4__bottleneck.sum(axis=(1, 2))
-    d_b1__down2_2 = _conv2d_grad_input(d_z4__bottleneck, p["down2_2.weight"], 3, 1, 1, (8, 8, 6), 'd_b1__down2_2')
-    d_z3__b1 = _masked(d_b1__down2_2, b1 > 0, _result('d_z3__b1', (8, 8, 6)))
+    d_down2_2_bias = d_z4__bottleneck.sum(axis=(1, 2, 3))
+    d_b1__down2_2 = _conv2d_grad_input(d_z4__bottleneck, p["down2_2.weight"], 3, 1, 1, (8, N, 8, 6), 'd_b1__down2_2')
+    d_z3__b1 = _masked(d_b1__down2_2, b1 > 0, _result('d_z3__b1', (8, N, 8, 6)))
     d_down2_1_weight = _conv2d_grad_weight(pooled, d_z3__b1, 3, 1, 1, cols.pop("down2_1"))
-    d_down2_1_bias = d_z3__b1.sum(axis=(1, 2))
-    d_pooled__down2_1 = _conv2d_grad_input(d_z3__b1, p["down2_1.weight"], 3, 1, 1, (4, 8, 6), 'd_pooled__down2_1')
+    d_down2_1_bias = d_z3__b1.sum(axis=(1, 2, 3))
+    d_pooled__down2_1 = _conv2d_grad_input(d_z3__b1, p["down2_1.weight"], 3, 1, 1, (4, N, 8, 6), 'd_pooled__down2_1')
     d_skip1__pool = _maxpool2d_grad_pytorch(skip1, d_pooled__down2_1, 2, 2)
-    d_skip1 = np.add(d_skip1__merged, d_skip1__pool, out=_result('d_skip1', (4, 16, 12)))
-    d_z2__skip1 = _masked(d_skip1, skip1 > 0, _result('d_z2__skip1', (4, 16, 12)))
+    d_skip1 = np.add(d_skip1__merged, d_skip1__pool, out=_result('d_skip1', (4, N, 16, 12)))
+    d_z2__skip1 = _masked(d_skip1, skip1 > 0, _result('d_z2__skip1', (4, N, 16, 12)))
     d_down1_2_weight = _conv2d_grad_weight(s1, d_z2__skip1, 3, 1, 1, cols.pop("down1_2"))
-    d_down1_2_bias = d_z2__skip1.sum(axis=(1, 2))
-    d_s1__down1_2 = _conv2d_grad_input(d_z2__skip1, p["down1_2.weight"], 3, 1, 1, (4, 16, 12), 'd_s1__down1_2')
-    d_z1__s1 = _masked(d_s1__down1_2, s1 > 0, _result('d_z1__s1', (4, 16, 12)))
+    d_down1_2_bias = d_z2__skip1.sum(axis=(1, 2, 3))
+    d_s1__down1_2 = _conv2d_grad_input(d_z2__skip1, p["down1_2.weight"], 3, 1, 1, (4, N, 16, 12), 'd_s1__down1_2')
+    d_z1__s1 = _masked(d_s1__down1_2, s1 > 0, _result('d_z1__s1', (4, N, 16, 12)))
     d_down1_1_weight = _conv2d_grad_weight(x, d_z1__s1, 3, 1, 1, cols.pop("down1_1"))
-    d_down1_1_bias = d_z1__s1.sum(axis=(1, 2))
-    d_x__down1_1 = _conv2d_grad_input(d_z1__s1, p["down1_1.weight"], 3, 1, 1, (1, 16, 12), None)
+    d_down1_1_bias = d_z1__s1.sum(axis=(1, 2, 3))
+    d_x__down1_1 = _conv2d_grad_input(d_z1__s1, p["down1_1.weight"], 3, 1, 1, (1, N, 16, 12), None)
     grads = {
         "down1_1.weight": d_down1_1_weight,
         "down1_1.bias": d_down1_1_bias,
@@ -457,4 +559,4 @@ def backward(params, x, grad_output):
         "out1x1.weight": d_out1x1_weight,
         "out1x1.bias": d_out1x1_bias,
     }
-    return grads, d_x__down1_1
+    return grads, _batch_first(d_x__down1_1, n)

@@ -37,13 +37,20 @@ def shape_src(shape: tuple) -> tuple[str, ...]:
     return tuple(pycode(d) for d in shape)
 
 
+def batched_src(shape: tuple) -> tuple[str, ...]:
+    """A (C, H, W) tensor shape -> the source text of its (C, N, H, W) layout in the generated
+    kernels (N: the batch size, read from x at call time); other shapes (parameters) unchanged."""
+    src = shape_src(shape)
+    return (src[0], "N", *src[1:]) if len(src) == 3 else src
+
+
 def _context(op, sp: Specialized) -> dict:
-    """op_context with shapes as Python source text, plus ``work``: Python source text naming
+    """op_context with shapes as Python source text ((C, N, H, W) for activations), plus ``work``: Python source text naming
     the reusable work array for the op's output, or None when the output goes to the caller
     (y, grad_x, gradients) and must be fresh."""
     ctx = op_context(op, sp)
-    ctx["out_shape"] = shape_src(ctx["out_shape"])
-    ctx["in_shapes"] = [shape_src(s) for s in ctx["in_shapes"]]
+    ctx["out_shape"] = batched_src(ctx["out_shape"])
+    ctx["in_shapes"] = [batched_src(s) for s in ctx["in_shapes"]]
     returned = {"y", sp.backward.grad_x, *sp.backward.param_grads.values()}
     ctx["work"] = "None" if op.output in returned else repr(op.output)  # Python source text
     return ctx

@@ -39,6 +39,7 @@ class Constraint:
     rhs: str
     valid: IntSet
     message: str = ""
+    exprs: tuple = ()  # symbolic sizes: (lhs, rhs) as SymPy expressions (for printing)
 
 
 @dataclass
@@ -233,10 +234,25 @@ def check(cfg: Config, workspace: bool = False) -> Report:
         value = concrete[eq.axis]
         if value is None:
             status = "impossible" if s.empty else "proved" if s.smallest_missing() is None else "conditional"
-            constraints.append(Constraint(eq.name, eq.layer, eq.axis, status, str(eq.lhs), str(eq.rhs), s))
+            constraints.append(Constraint(eq.name, eq.layer, eq.axis, status, str(eq.lhs), str(eq.rhs), s,
+                                          exprs=(eq.lhs, eq.rhs)))
         else:
             status, lhs, rhs, msg = _concrete_verdict(eq, sym, value, reqs, axis_sets[eq.axis], s)
             constraints.append(Constraint(eq.name, eq.layer, eq.axis, status, lhs, rhs, s, msg))
     g_at = g if isinstance(cfg.in_h, str) and isinstance(cfg.in_w, str) else build(cfg)
     layers = _layers(g_at)
     return Report(cfg, constraints, axis_sets, layers, concrete, warnings=_warnings(g_at, len(layers)))
+
+
+def solve(name: str, layer: str, axis: str, lhs, rhs, sym: sp.Symbol, reqs: list[Requirement]) -> IntSet:
+    """The exact set of sizes ``sym`` >= 1 where every requirement holds and ``lhs == rhs``
+    (floor-linear expressions in ``sym``), by the machinery of the hypotheses; UsageError above
+    :data:`LIMITS`. ``name``/``layer``/``axis`` only name the problem in messages."""
+    return _solve(Equation(name, layer, axis, lhs, rhs, tuple(reqs)), sym, list(reqs))
+
+
+def conflicts(r: Report, axis: str) -> list[tuple[Constraint, Constraint]]:
+    """Pairs of hypotheses on ``axis`` that each hold somewhere but never together (the reason
+    an axis has no valid size when none is impossible on its own); [] when no pair conflicts."""
+    cs = [c for c in r.constraints if c.axis == axis and not c.valid.empty]
+    return [(a, b) for i, a in enumerate(cs) for b in cs[i + 1:] if (a.valid & b.valid).empty]

@@ -16,23 +16,48 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+COMMANDS = """commands:
+  check [CONFIG]              prove or refute the shape hypotheses; layer table, cost, valid sizes
+  emit [CONFIG] --target T    write NumPy or C code for forward and backward
+  graph [CONFIG] [-o FILE]    draw the layer graph as SVG
+  build DIR                   compile every C loader (*_c.py) in DIR ahead of time
+run 'unetc COMMAND --help' for the options of a command"""
+
+SIZE_HELP = "bind the input size: HxW, e.g. 128x128, 128X128 or 128,128 (overrides in_h/in_w)"
+WORKSPACE_GUARD = 2 ** 24  # in_h*in_w*base_c above this: the C workspace is not computed (see cmd_check)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="unetc", description="Shape checker and code generator for a 2-level U-Net.")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    from . import __version__
+
+    p = _Parser(prog="unetc", description="Shape checker and code generator for a 2-level U-Net.",
+                epilog=COMMANDS, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"unetc {__version__}")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
     c = sub.add_parser("check", help="prove or refute the shape hypotheses of a config")
     c.add_argument("config", nargs="?", help="YAML config (default: the bundled default config)")
-    c.add_argument("--size", help="bind the input size, e.g. 128x128 (overrides in_h/in_w)")
-    c.add_argument("--json", action="store_true", help="print one JSON object")
+    c.add_argument("--size", help=SIZE_HELP)
+    c.add_argument("--json", action="store_true", help="print one JSON object (schema 1, see README)")
     c.add_argument("--certify", metavar="FILE.smt2",
                    help="write an SMT-LIB 2 certificate of every claim (and check it with z3 if installed)")
+    c.add_argument("--suggest", action="store_true",
+                   help="search small edits of the geometry keys that make the config valid")
+    c.add_argument("--cost", action="store_true", help="also print the cost of every layer (formulas or values)")
+    c.add_argument("--wide", action="store_true", help="do not cut long formulas to fit 100 columns")
     e = sub.add_parser("emit", help="emit forward/backward code (specialised, or size-polymorphic for symbolic sizes)")
     e.add_argument("config", nargs="?", help="YAML config (default: the bundled default config)")
     e.add_argument("--target", required=True, choices=["numpy", "c"], help="code generation target")
-    e.add_argument("--size", help="bind the input size, e.g. 128x128 (overrides in_h/in_w)")
+    e.add_argument("--size", help=SIZE_HELP)
     e.add_argument("-o", "--out", default="generated", help="output directory (default: generated/)")
     e.add_argument("--testbench", action="store_true", help="C target: also write <name>_main.c")
     e.add_argument("--force", action="store_true",
                    help="overwrite <name>_* files that another config or size wrote into the directory")
+    g = sub.add_parser("graph", help="draw the layer graph (PyTorch's shapes, failures in red) as SVG")
+    g.add_argument("config", nargs="?", help="YAML config (default: the bundled default config)")
+    g.add_argument("--size", help=SIZE_HELP)
+    g.add_argument("-o", "--out", help="output file (default: <name>.svg; '-' for stdout)")
+    b = sub.add_parser("build", help="compile every C loader (*_c.py) in DIR ahead of time")
+    b.add_argument("dir", help="a directory written by 'unetc emit --target c'")
     return p
 
 
@@ -47,22 +72,105 @@ def _load(args):
 
 def cmd_check(args) -> int:
     from .checker import check
-    from .report import to_json, to_text
+    from .report import details, to_json, to_text
 
     report = check(_load(args))
+    extra = details(report, suggest=args.suggest)
+    extra.workspace_note = _workspace(report)
     certified, lines, cert_json = True, [], None
     if args.certify:
         certified, lines, cert_json = _certify(report, args.certify)
     if args.json:
-        obj = to_json(report)
+        obj = to_json(report, extra)
         if cert_json is not None:
             obj["certificate"] = cert_json
         print(json.dumps(obj, indent=2))
     else:
-        print(to_text(report))
+        print(to_text(report, extra, wide=args.wide, cost_table=args.cost))
         for line in lines:
             print(line)
     return 0 if report.ok and certified else 1
+
+
+def _workspace(report) -> str | None:
+    """Set report.workspace_bytes (the C target's, for a valid config at concrete sizes); or a
+    note saying why not. Skipped above WORKSPACE_GUARD while its cost still grows with H*W."""
+    cfg = report.config
+    if not report.ok or cfg.symbolic:
+        return None
+    if cfg.in_h * cfg.in_w * cfg.base_c > WORKSPACE_GUARD:
+        return f"not computed for in_h*in_w*base_c > 2^24 (planning it takes time at this size)"
+    from .errors import EmitError
+    from .specialize import specialize
+    from .targets.c_target import workspace_bytes
+
+    try:
+        report.workspace_bytes = workspace_bytes(specialize(cfg, report))
+    except EmitError as err:
+        return f"none: the C target refuses this config ({err})"
+    return None
+
+
+def cmd_graph(args) -> int:
+    from .checker import check
+    from .picture import svg
+
+    cfg = _load(args)
+    text = svg(cfg, check(cfg))
+    out = args.out or f"{cfg.name}.svg"
+    if out == "-":
+        sys.stdout.write(text)
+        return 0
+    _write_atomic(out, text)
+    print(f"wrote {out}")
+    return 0
+
+
+def _write_atomic(path: str, text: str) -> None:
+    """Write text to path through a temporary file in the same directory (all or nothing)."""
+    import tempfile
+
+    from .config import show
+
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".unetc-", suffix=".tmp", dir=folder)
+    except OSError as err:
+        raise UsageError(f"{show(path)}: cannot write: {err.strerror}") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except OSError as err:
+        os.unlink(tmp)
+        raise UsageError(f"{show(path)}: cannot write: {err.strerror}") from None
+
+
+def cmd_build(args) -> int:
+    """Import every *_c.py loader of DIR (importing compiles the C into the cache)."""
+    import importlib.util
+
+    from .config import show
+
+    folder = args.dir
+    if not os.path.isdir(folder):
+        raise UsageError(f"{show(folder)}: no such directory")
+    loaders = sorted(n for n in os.listdir(folder) if n.endswith("_c.py"))
+    if not loaders:
+        raise UsageError(f"{show(folder)}: no C loader (*_c.py) to build; write one with 'unetc emit --target c'")
+    for name in loaders:
+        path = os.path.join(folder, name)
+        spec = importlib.util.spec_from_file_location(f"_unetc_build_{name[:-3]}", path)
+        try:
+            spec.loader.exec_module(importlib.util.module_from_spec(spec))
+        except Exception as err:  # noqa: BLE001 - any failure of a loader is reported in one line
+            msg = " ".join(str(err).split()) or type(err).__name__
+            raise UsageError(f"{show(path)}: build failed: {msg}") from None
+        print(f"built {path}")
+    return 0
 
 
 def _certify(report, path: str) -> tuple[bool, list[str], dict]:
@@ -90,12 +198,23 @@ def cmd_emit(args) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``unetc`` console script; returns the exit status."""
+    """Entry point of the ``unetc`` console script; returns the exit status. Bare ``unetc``
+    prints the commands on stdout and exits 2 (a usage error, like a missing argument)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = _parser().parse_args(argv)
-        return {"check": cmd_check, "emit": cmd_emit}[args.command](args)
+        parser = _parser()
+        if not argv:
+            print(parser.format_usage().rstrip() + "\n" + COMMANDS)
+            return 2
+        args = parser.parse_args(argv)
+        if args.command is None:
+            raise UsageError("no command given; run 'unetc' for the list of commands")
+        return {"check": cmd_check, "emit": cmd_emit, "graph": cmd_graph, "build": cmd_build}[args.command](args)
     except UnetcError as err:
-        print(f"unetc: error: {err}", file=sys.stderr)
+        if "--json" in argv:
+            print(json.dumps({"schema": 1, "ok": False, "error": _error_json(err)}, indent=2))
+        else:
+            print(f"unetc: error: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print("unetc: interrupted", file=sys.stderr)
@@ -103,6 +222,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # the reader of stdout went away (`unetc check ... | head`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 141  # 128 + SIGPIPE, as a shell tool killed by it
+
+
+def _error_json(err: UnetcError) -> dict:
+    """kind (the exception class), message, and the config key and YAML line when known."""
+    import re
+
+    msg = str(err)
+    key, line = getattr(err, "key", None), getattr(err, "line", None)
+    m = re.search(r"(?:^|: |unknown key )'?([A-Za-z_][A-Za-z0-9_]*)'? \((?:line (\d+)|from --size)", msg)
+    if m and key is None:
+        key, line = m.group(1), int(m.group(2)) if m.group(2) else None
+    return {"kind": type(err).__name__, "message": msg, "key": key, "line": line}
 
 
 if __name__ == "__main__":  # pragma: no cover

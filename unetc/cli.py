@@ -161,15 +161,17 @@ def cmd_build(args) -> int:
     loaders = sorted(n for n in os.listdir(folder) if n.endswith("_c.py"))
     if not loaders:
         raise UsageError(f"{show(folder)}: no C loader (*_c.py) to build; write one with 'unetc emit --target c'")
+    import time
+
     for name in loaders:
-        path = os.path.join(folder, name)
+        path, start = os.path.join(folder, name), time.monotonic()
         spec = importlib.util.spec_from_file_location(f"_unetc_build_{name[:-3]}", path)
         try:
             spec.loader.exec_module(importlib.util.module_from_spec(spec))
         except Exception as err:  # noqa: BLE001 - any failure of a loader is reported in one line
             msg = " ".join(str(err).split()) or type(err).__name__
             raise UsageError(f"{show(path)}: build failed: {msg}") from None
-        print(f"built {path}")
+        print(f"built {path} ({time.monotonic() - start:.1f} s)")
     return 0
 
 
@@ -200,7 +202,7 @@ def cmd_emit(args) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``unetc`` console script; returns the exit status. Bare ``unetc``
     prints the commands on stdout and exits 2 (a usage error, like a missing argument)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _glue_size(list(sys.argv[1:] if argv is None else argv))
     try:
         parser = _parser()
         if not argv:
@@ -222,6 +224,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # the reader of stdout went away (`unetc check ... | head`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 141  # 128 + SIGPIPE, as a shell tool killed by it
+
+
+def _glue_size(argv: list[str]) -> list[str]:
+    """'--size -4x4' -> '--size=-4x4', so that parse_size (not argparse) judges a negative size."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] == "--size" and i + 1 < len(argv) and argv[i + 1][:1] == "-" and argv[i + 1][1:2].isdigit():
+            out.append(f"--size={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
 
 
 def _error_json(err: UnetcError) -> dict:

@@ -70,27 +70,44 @@ def _candidates(cfg: Config, keys: int) -> list[tuple[tuple[str, int, int], ...]
     return sorted(out, key=lambda c: sum(abs(new - old) for _, old, new in c))
 
 
-def _screened(cfg: Config, keys: int, deadline: float) -> list[tuple[tuple, int]]:
-    """(edit, sizes it makes valid among the screened) for each edit passing the screen."""
+def _screened(cfg: Config, keys: int, deadline: float, better: int) -> list[tuple[tuple, int]]:
+    """(edit, sizes it makes valid among the screened) for each edit passing the screen: some
+    size valid on each axis (the bound size where bound), and more than ``better`` of 1..SCAN."""
     base, targets, out = dataclasses.asdict(cfg), _targets(cfg), []
+    scan = np.arange(1, SCAN + 1, dtype=np.int64)
     for edit in _candidates(cfg, keys):
         if time.monotonic() > deadline:
             break
         g = {**base, **{k: new for k, _, new in edit}}
         hits = [int(_screen(g, t).sum()) for t in targets]
-        if all(hits):
-            out.append((edit, min(hits)))
+        count = int(_screen(g, scan).sum()) if better else min(hits)
+        if all(hits) and count > better:
+            out.append((edit, count))
     return out
+
+
+def _improves(r: Report, base: Report | None) -> bool:
+    """The edited config passes; when the original passed too, its valid sets grow strictly."""
+    if not r.ok or any(r.valid[a].empty for a in AXES):
+        return False
+    if base is None:
+        return True
+    grows = [(r.valid[a] & base.valid[a]) == base.valid[a] for a in AXES]
+    return all(grows) and any(r.valid[a] != base.valid[a] for a in AXES)
 
 
 def repairs(cfg: Config, few: int = 3, budget_s: float = BUDGET_S) -> list[Repair]:
     """At most ``few`` edits of one (else two) geometry keys after which ``check`` passes (every
-    hypothesis can hold; at bound sizes, holds there), smallest change first, each re-checked by
-    the exact checker. [] when none is found within the budget."""
+    hypothesis can hold; at bound sizes, holds there) or, for a config that passes already, its
+    valid sets grow strictly; smallest change first, each re-checked by the exact checker.
+    [] when none is found within the budget."""
     deadline = time.monotonic() + budget_s
+    base = check(cfg)
+    base = base if base.ok else None
+    better = int(_screen(dataclasses.asdict(cfg), np.arange(1, SCAN + 1, dtype=np.int64)).sum()) if base else 0
     found: list[Repair] = []
     for keys in (1, 2):
-        ranked = sorted(_screened(cfg, keys, deadline),
+        ranked = sorted(_screened(cfg, keys, deadline, better),
                         key=lambda e: (sum(abs(n - o) for _, o, n in e[0]), -e[1]))
         for edit, _ in ranked:
             if len(found) >= few or time.monotonic() > deadline:
@@ -99,7 +116,7 @@ def repairs(cfg: Config, few: int = 3, budget_s: float = BUDGET_S) -> list[Repai
                 r = check(dataclasses.replace(cfg, **{k: new for k, _, new in edit}))
             except UnetcError:
                 continue
-            if r.ok and all(not r.valid[a].empty for a in AXES):
+            if _improves(r, base):
                 found.append(Repair(edit, r))
         if found:
             break

@@ -317,9 +317,10 @@ def _brief(s: IntSet) -> str:
 def _repair_lines(r: Report, d: Details, wide: bool) -> list[str]:
     if d.repairs is None:
         return []
+    what = "edits giving more valid sizes" if r.ok else "repairs"
     if not d.repairs:
-        return ["", "repairs: none found by changing one or two geometry keys by a little"]
-    out = ["", "repairs (smallest change first, each re-checked by the checker):"]
+        return ["", f"{what}: none found by changing one or two geometry keys by a little"]
+    out = ["", f"{what} (smallest change first, each re-checked by the checker):"]
     for x in d.repairs:
         v = x.report.valid
         where = (f"in_h, in_w ∈ {v['in_h'].describe()}" if v["in_h"] == v["in_w"] else

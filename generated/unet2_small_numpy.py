@@ -149,9 +149,10 @@ def load_params(path):
     import zipfile
 
     try:
-        with np.load(path, allow_pickle=False) as f:
-            if not hasattr(f, "files"):
-                raise ValueError("not an .npz archive")
+        f = np.load(path, allow_pickle=False)
+        if not hasattr(f, "files"):
+            raise ValueError("not an .npz archive")
+        with f:
             keys = list(f.files)
             params = {k: f[k] for k in keys if k in PARAM_SHAPES}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:

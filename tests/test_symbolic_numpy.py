@@ -302,3 +302,34 @@ def test_one_symbolic_axis_and_hostile_symbol_names(tmp_path_factory):
         mod.forward(mod.init_params(0), np.zeros((1, 5, 6)))
     with pytest.raises(ValueError, match=r"x: expected shape \(1, 4, 6\), got \(1, 4, 8\)"):
         mod.forward(mod.init_params(0), np.zeros((1, 4, 8)))
+
+
+@pytest.mark.parametrize("n,h,w", [(1, 4, 6), (3, 10, 2), (2, 64, 48)])
+def test_default_config_batches_at_several_sizes(default_mod, n, h, w):
+    """Batches (N, C, H, W) of a size-polymorphic module against PyTorch's batched autograd,
+    gradients summed over the batch; sizes read from x's last two axes."""
+    from test_batch_numpy import torch_batch_reference
+
+    cfg, mod = default_mod
+    params = mod.init_params(n)
+    rng = np.random.default_rng(n + h)
+    x = rng.standard_normal((n, 3, h, w))
+    gy = rng.standard_normal((n, *mod.out_shape(h, w)))
+    y = mod.forward(params, x)
+    grads, gx = mod.backward(params, x, gy)
+    ry, rgrads, rgx = torch_batch_reference(cfg, params, x, gy)
+    assert y.shape == (n, *mod.out_shape(h, w)) and gx.shape == x.shape
+    errs = [rel_err(y, ry), rel_err(gx, rgx)] + [rel_err(grads[k], rgrads[k]) for k in rgrads]
+    assert max(errs) <= TOL["float64"], errs
+
+
+def test_batch_of_invalid_size_refused_with_checker_message(default_mod):
+    cfg, mod = default_mod
+    params = mod.init_params(0)
+    with pytest.raises(ValueError) as err:
+        mod.forward(params, np.zeros((2, 3, 255, 8)))
+    assert str(err.value) == checker_message(cfg, 255, 8)
+    with pytest.raises(ValueError, match=r"x: expected shape \(N, 3, 4, 6\), got \(2, 2, 4, 6\)"):
+        mod.forward(params, np.zeros((2, 2, 4, 6)))
+    with pytest.raises(ValueError, match=r"grad_output: expected shape \(2, 2, 4, 6\), got \(2, 4, 6\)"):
+        mod.backward(params, np.zeros((2, 3, 4, 6)), np.zeros((2, 4, 6)))

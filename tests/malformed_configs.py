@@ -118,6 +118,10 @@ HAND: dict[str, str | bytes] = {
     "unknown_zero_width": "in_c\u200b: 3\n",
     "unknown_after_valid": "in_c: 3\nout_c: 2\nbase_c: 8\nfrobnicate: 1\n",
     "unknown_long_key": "k" * 2000 + ": 1\n",
+    "long_explicit_key_bad_value": "? " + "k" * 50000 + "\n: 010\n",
+    "long_explicit_key_twice": ("? " + "k" * 5000 + "\n: 1\n") * 2,
+    "long_tag": "in_c: !" + "x" * 50000 + " 3\n",
+    "long_value_name": "name: " + "a-" * 50000 + "\n",
     # dtype / maxpool_backward
     "dtype_float16": "dtype: float16\n",
     "dtype_case": "dtype: Float32\n",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import keyword
+import numbers
 import os
 import re
 import stat
@@ -69,6 +70,8 @@ class Config:
     def __post_init__(self) -> None:
         for key in KEYS:
             object.__setattr__(self, key, _check_value(key, getattr(self, key), ""))
+        if isinstance(self.source, os.PathLike):
+            object.__setattr__(self, "source", os.fspath(self.source))
         if not isinstance(self.source, str):
             raise ConfigError(f"source: expected a str, got {type(self.source).__name__}")
 
@@ -119,7 +122,7 @@ def _describe(value: Any) -> str:
         return "null"
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10 ** MAX_DIGITS:
         return f"an integer {'> ' if value > 0 else '< -'}10**{MAX_DIGITS}"
-    return f"{type(value).__name__} {value!r}"
+    return f"{type(value).__name__} {_clip(repr(value))}"
 
 
 def _identifier_problem(value: Any) -> str | None:
@@ -131,7 +134,7 @@ def _identifier_problem(value: Any) -> str | None:
     if value.startswith("_"):
         return f"got {value!r}: a leading '_' is reserved in C (header guards such as _STDINT_H)"
     if not IDENT.match(value):
-        return f"got {value!r}"
+        return f"got {_clip(repr(value))}"
     if "__" in value:
         return f"got {value!r}: '__' is reserved in C and C++"
     if value in C_KEYWORDS or keyword.iskeyword(value):
@@ -145,13 +148,15 @@ def _int_text(value: int) -> str:
 
 
 def _check_int(key: str, value: Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    """An integer key's value (any Integral but bool, e.g. numpy.int64) -> int within its limits."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ConfigError(f"{key}{where}: expected an integer, got {_describe(value)}")
+    value = int(value)
     if value < INT_MIN.get(key, 1):
         raise ConfigError(f"{key}{where}: must be >= {INT_MIN.get(key, 1)}, got {_int_text(value)}")
     if value > LIMITS[key]:
         raise ConfigError(f"{key}{where}: must be <= {LIMITS[key]}, got {_int_text(value)}")
-    return int(value)
+    return value
 
 
 def _check_value(key: str, value: Any, where: str) -> Any:
@@ -160,11 +165,11 @@ def _check_value(key: str, value: Any, where: str) -> Any:
         return _check_int(key, value, where)
     if key in CHOICES:
         if not isinstance(value, str) or value not in CHOICES[key]:
-            shown = repr(value) if isinstance(value, str) else _describe(value)
+            shown = _clip(repr(value)) if isinstance(value, str) else _describe(value)
             raise ConfigError(f"{key}{where}: must be one of {', '.join(CHOICES[key])}, got {shown}")
         return value
     if key in ("in_h", "in_w"):
-        if isinstance(value, int) and not isinstance(value, bool):
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
             return _check_int(key, value, where)
         problem = _identifier_problem(value)
         if problem:
@@ -233,7 +238,7 @@ def _refuse_features(event: Any, what: str) -> None:
         raise _Refused(f"{what} ({_mark(event)}): YAML anchors and aliases are not supported; "
                        "write the value out")
     if getattr(event, "tag", None):
-        raise _Refused(f"{what} ({_mark(event)}): YAML tags such as {show(event.tag.replace('tag:yaml.org,2002:', '!!'))!r} are not "
+        raise _Refused(f"{what} ({_mark(event)}): YAML tags such as {_clip(repr(show(event.tag.replace('tag:yaml.org,2002:', '!!'))))} are not "
                        "supported; write a plain value")
 
 
@@ -300,8 +305,8 @@ def _walk(events: Any) -> tuple[dict[str, Any], dict[str, int]]:
             if key == "<<" and not event.style:
                 raise _Refused(f"merge key '<<' (line {line}): YAML merge keys are not supported; write the keys out")
             if key in lines:
-                raise _Refused(f"duplicate key {show(key)!r} (line {line}, first on line {lines[key]})")
-            raw[key], lines[key] = _scalar(show(key), next(events), f" (line {line})"), line
+                raise _Refused(f"duplicate key {_clip(repr(show(key)))} (line {line}, first on line {lines[key]})")
+            raw[key], lines[key] = _scalar(_clip(show(key)), next(events), f" (line {line})"), line
         next(events)  # DocumentEnd
     if isinstance(event := next(events), yaml.DocumentStartEvent):
         raise _Refused(f"expected one YAML document, found a second ({_mark(event)})")

@@ -328,8 +328,9 @@ def test_size_flag_forms_through_the_cli(capsys):
     for size in ("16X16", "16,16", "16×16", "16"):
         code, _, err, _ = run_main(["check", "--size", size], capsys)
         assert code == 0, (size, err)
-    code, out, err, _ = run_main(["check", "--size=-4x4"], capsys)
-    assert code == 2 and out == "" and err == "unetc: error: in_h (from --size '-4x4'): must be >= 1, got -4\n"
+    for args in (["--size=-4x4"], ["--size", "-4x4"]):  # a negative size is a value, not an option
+        code, out, err, _ = run_main(["check", *args], capsys)
+        assert code == 2 and out == "" and err == "unetc: error: in_h (from --size '-4x4'): must be >= 1, got -4\n"
 
 
 @pytest.mark.parametrize("key,suggestion", [

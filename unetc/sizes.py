@@ -32,6 +32,20 @@ class NotLinear(Exception):
         self.divisor = divisor
 
 
+def split_mul(expr) -> tuple[Fraction, sp.Expr]:
+    """A product c * e of rational constants and exactly one other factor -> (c, e)."""
+    const = Fraction(1)
+    rest = []
+    for arg in expr.args:
+        if arg.is_Number:
+            const *= Fraction(str(arg))
+        else:
+            rest.append(arg)
+    if len(rest) != 1:
+        raise ValueError(f"not floor-linear: {expr}")
+    return const, rest[0]
+
+
 def linearize(expr, sym: sp.Symbol, L: int, r: int) -> tuple[Fraction, Fraction]:
     """Return (a, b) with expr(L*q + r) == a*q + b for every integer q.
 
@@ -48,16 +62,8 @@ def linearize(expr, sym: sp.Symbol, L: int, r: int) -> tuple[Fraction, Fraction]
             a, b = a + da, b + db
         return a, b
     if expr.is_Mul:
-        const = Fraction(1)
-        rest = []
-        for arg in expr.args:
-            if arg.is_Number:
-                const *= Fraction(str(arg))
-            else:
-                rest.append(arg)
-        if len(rest) != 1:
-            raise ValueError(f"not floor-linear: {expr}")
-        a, b = linearize(rest[0], sym, L, r)
+        const, rest = split_mul(expr)
+        a, b = linearize(rest, sym, L, r)
         return const * a, const * b
     if isinstance(expr, (sp.floor, sp.ceiling)):
         a, b = linearize(expr.args[0], sym, L, r)
@@ -126,16 +132,8 @@ def _compile(expr, sym, max_x: int) -> tuple[Callable, int, int]:
         bound = _checked(sum(b * (den // d) for _, d, b in parts), expr)
         return (lambda x: sum(f(x) * m for f, m in scaled)), den, bound
     if expr.is_Mul:
-        const = Fraction(1)
-        rest = []
-        for arg in expr.args:
-            if arg.is_Number:
-                const *= Fraction(str(arg))
-            else:
-                rest.append(arg)
-        if len(rest) != 1:
-            raise ValueError(f"not floor-linear: {expr}")
-        f, d, b = _compile(rest[0], sym, max_x)
+        const, rest = split_mul(expr)
+        f, d, b = _compile(rest, sym, max_x)
         g = gcd(const.numerator, const.denominator * d)
         num, den = const.numerator // g, const.denominator * d // g
         return (lambda x: f(x) * num), den, _checked(b * abs(num), expr)

@@ -11,18 +11,16 @@ import keyword
 import numbers
 import os
 import re
-import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
 from .errors import ConfigError
+from .yaml_read import (MAX_CONFIG_BYTES, MAX_DIGITS, MAX_NESTING, Refused, clip, deep_line, mark,  # noqa: F401
+                        read_bytes, show, walk)
 
 Size = Union[int, str]  # an integer >= 1 or a symbol name
-MAX_CONFIG_BYTES = 1 << 20  # a config file is a few lines; anything above 1 MiB is refused unread
-MAX_NESTING = 64  # open '[' / '{' in a config (none are valid; libyaml is quadratic in the depth)
-MAX_DIGITS = 30  # integers written with more digits are refused before int() sees them
 NAME_MAX = 64  # `name` and symbol names: file names, C identifiers and cache keys derive from them
 # Upper bounds of the integer keys (README "Limits and guarantees"); lower bounds in INT_MIN.
 LIMITS = {"in_c": 65536, "out_c": 65536, "base_c": 65536, "in_h": 1 << 20, "in_w": 1 << 20,
@@ -104,25 +102,13 @@ INT_MIN = {  # key -> minimum value of the integer keys
 CHOICES = {"dtype": ("float32", "float64"), "maxpool_backward": ("pytorch", "spec")}
 
 
-def show(text: object) -> str:
-    """User text (a file name, a key) for a one-line message: as is when printable, else escaped
-    like a Python string literal (newlines, control and non-printable characters as \\n, \\xNN)."""
-    s = str(text)
-    return s if s.isprintable() else repr(s)[1:-1]
-
-
-def _clip(text: str, limit: int = 60) -> str:
-    """At most limit characters of an (already escaped) message fragment."""
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
 def _describe(value: Any) -> str:
     """'int 3', "str 'x'", 'null': a value as the messages show it (huge integers abbreviated)."""
     if value is None:
         return "null"
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10 ** MAX_DIGITS:
         return f"an integer {'> ' if value > 0 else '< -'}10**{MAX_DIGITS}"
-    return f"{type(value).__name__} {_clip(repr(value))}"
+    return f"{type(value).__name__} {clip(repr(value))}"
 
 
 def _identifier_problem(value: Any) -> str | None:
@@ -134,7 +120,7 @@ def _identifier_problem(value: Any) -> str | None:
     if value.startswith("_"):
         return f"got {value!r}: a leading '_' is reserved in C (header guards such as _STDINT_H)"
     if not IDENT.match(value):
-        return f"got {_clip(repr(value))}"
+        return f"got {clip(repr(value))}"
     if "__" in value:
         return f"got {value!r}: '__' is reserved in C and C++"
     if value in C_KEYWORDS or keyword.iskeyword(value):
@@ -165,7 +151,7 @@ def _check_value(key: str, value: Any, where: str) -> Any:
         return _check_int(key, value, where)
     if key in CHOICES:
         if not isinstance(value, str) or value not in CHOICES[key]:
-            shown = _clip(repr(value)) if isinstance(value, str) else _describe(value)
+            shown = clip(repr(value)) if isinstance(value, str) else _describe(value)
             raise ConfigError(f"{key}{where}: must be one of {', '.join(CHOICES[key])}, got {shown}")
         return value
     if key in ("in_h", "in_w"):
@@ -189,7 +175,7 @@ def _unknown_key(key: Any, where: str) -> ConfigError:
     folded = key.lower().replace("-", "_").strip() if isinstance(key, str) else ""
     close = [k for k in KEYS if k == folded] or difflib.get_close_matches(folded, KEYS, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(KEYS)}"
-    shown = _clip(repr(key) if isinstance(key, str) else _describe(key))
+    shown = clip(repr(key) if isinstance(key, str) else _describe(key))
     return ConfigError(f"unknown key {shown}{where}{hint}")
 
 
@@ -207,112 +193,6 @@ def validate(raw: Any, source: str = "<dict>", lines: dict[str, int] | None = No
     return Config(**values, source=source)
 
 
-class _Refused(Exception):
-    """A config the walk over the YAML events refuses; str() is the message without the file."""
-
-
-def _mark(node: Any) -> str:
-    mark = getattr(node, "start_mark", None) or getattr(node, "problem_mark", None)
-    return f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
-
-
-def _deep_line(text: str) -> int | None:
-    """The line where more than MAX_NESTING '[' / '{' are open (outside comments), else None.
-    No valid config has any; the check keeps libyaml's cost (quadratic in the depth) away."""
-    if text.count("[") + text.count("{") <= MAX_NESTING:
-        return None
-    depth = 0
-    for lineno, line in enumerate(text.split("\n"), 1):
-        for m in re.finditer(r"[\[\]{}]", re.sub(r"(?:^|\s)#.*", "", line)):
-            depth = depth + 1 if m.group() in "[{" else max(depth - 1, 0)
-            if depth > MAX_NESTING:
-                return lineno
-    return None
-
-
-def _refuse_features(event: Any, what: str) -> None:
-    """Refuse aliases, anchors and explicit tags: a config is plain keys and plain values."""
-    import yaml
-
-    if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
-        raise _Refused(f"{what} ({_mark(event)}): YAML anchors and aliases are not supported; "
-                       "write the value out")
-    if getattr(event, "tag", None):
-        raise _Refused(f"{what} ({_mark(event)}): YAML tags such as {_clip(repr(show(event.tag.replace('tag:yaml.org,2002:', '!!'))))} are not "
-                       "supported; write a plain value")
-
-
-def _scalar(key: str, event: Any, where: str) -> Any:
-    """A value event -> int, float, bool, None or str, typed here (YAML 1.1's int forms refused)."""
-    import yaml
-
-    _refuse_features(event, key)
-    if not isinstance(event, yaml.ScalarEvent):
-        kind = "sequence" if isinstance(event, yaml.SequenceStartEvent) else "mapping"
-        raise _Refused(f"{key}{where}: expected a scalar value, got a YAML {kind}")
-    text = event.value
-    if event.style:  # quoted or block scalar: a string
-        return text
-    tag = yaml.resolver.Resolver().resolve(yaml.ScalarNode, text, (True, False)).rsplit(":", 1)[-1]
-    if tag == "int":
-        digits = text.lstrip("-")
-        if not re.fullmatch(r"-?[0-9]+", text) or (len(digits) > 1 and digits[0] == "0"):
-            why = ("no leading zeros: YAML 1.1 reads 010 as octal 8" if re.fullmatch(r"-?0[0-9_]+", text) else
-                   "no ':': YAML 1.1 reads 1:30 as 90" if ":" in text else "digits only, after an optional '-'")
-            raise _Refused(f"{key}{where}: {text!r} is not a plain decimal integer ({why})")
-        if len(digits) > MAX_DIGITS:
-            return 10 ** MAX_DIGITS * (-1 if text.startswith("-") else 1)  # out of every range
-        return int(text)
-    if tag == "bool":
-        return text.lower() in ("yes", "true", "on")
-    if tag == "null":
-        return None
-    if tag == "float":
-        t = text.lower().replace("_", "")
-        try:
-            return float(t.replace(".inf", "inf").replace(".nan", "nan"))
-        except ValueError:
-            return text
-    return text
-
-
-def _walk(events: Any) -> tuple[dict[str, Any], dict[str, int]]:
-    """YAML parser events -> (key -> value, key -> line) of one flat mapping of plain scalars."""
-    import yaml
-
-    next(events)  # StreamStart
-    event = next(events)
-    if isinstance(event, yaml.StreamEndEvent):
-        return {}, {}
-    event = next(events)  # the document's root
-    raw: dict[str, Any] = {}
-    lines: dict[str, int] = {}
-    if isinstance(event, yaml.ScalarEvent) and event.value == "" and not event.style and not event.tag:
-        next(events)  # an empty document ('---' alone)
-    elif not isinstance(event, yaml.MappingStartEvent):
-        _refuse_features(event, "document")
-        kind = {yaml.ScalarEvent: "scalar", yaml.SequenceStartEvent: "sequence"}.get(type(event), "node")
-        raise _Refused(f"expected a flat mapping of config keys, got a YAML {kind} ({_mark(event)})")
-    else:
-        _refuse_features(event, "mapping")
-        while not isinstance(event := next(events), yaml.MappingEndEvent):
-            line = event.start_mark.line + 1
-            if not isinstance(event, yaml.ScalarEvent) or event.tag or event.anchor:
-                _refuse_features(event, "key")
-                raise _Refused(f"key (line {line}): expected a plain key, got a YAML "
-                               f"{'sequence' if isinstance(event, yaml.SequenceStartEvent) else 'mapping'}")
-            key = event.value
-            if key == "<<" and not event.style:
-                raise _Refused(f"merge key '<<' (line {line}): YAML merge keys are not supported; write the keys out")
-            if key in lines:
-                raise _Refused(f"duplicate key {_clip(repr(show(key)))} (line {line}, first on line {lines[key]})")
-            raw[key], lines[key] = _scalar(_clip(show(key)), next(events), f" (line {line})"), line
-        next(events)  # DocumentEnd
-    if isinstance(event := next(events), yaml.DocumentStartEvent):
-        raise _Refused(f"expected one YAML document, found a second ({_mark(event)})")
-    return raw, lines
-
-
 def parse(text: str, source: str = "<string>") -> Config:
     """YAML text -> Config. Raises ConfigError ('<source>: ...', one line) on anything but a flat
     mapping of known keys with valid plain values."""
@@ -321,21 +201,21 @@ def parse(text: str, source: str = "<string>") -> Config:
     src = show(source)
     if len(text) > MAX_CONFIG_BYTES:
         raise ConfigError(f"{src}: config too large ({len(text)} characters; the limit is 1 MiB)")
-    if (deep := _deep_line(text)) is not None:
+    if (deep := deep_line(text)) is not None:
         raise ConfigError(f"{src}: more than {MAX_NESTING} nested '[' or '{{' (line {deep}); "
                           "a config is a flat mapping of plain values")
     events = yaml.parse(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     try:
         try:
-            raw, lines = _walk(events)
-        except _Refused:
+            raw, lines = walk(events)
+        except Refused:
             for _ in events:  # a syntax error later in the file is reported first, as a parser would
                 pass
             raise
-    except _Refused as err:
+    except Refused as err:
         raise ConfigError(f"{src}: {err}") from None
     except yaml.YAMLError as err:
-        where = f" ({_mark(err)})" if getattr(err, "problem_mark", None) else ""
+        where = f" ({mark(err)})" if getattr(err, "problem_mark", None) else ""
         if isinstance(getattr(err, "position", None), int):  # a ReaderError: a bad character
             where = f" (line {text.count(chr(10), 0, err.position) + 1})"
         problem = getattr(err, "problem", None) or (str(err).splitlines() or [type(err).__name__])[0]
@@ -348,46 +228,12 @@ def parse(text: str, source: str = "<string>") -> Config:
         raise ConfigError(f"{src}: {err}") from None
 
 
-def _file_kind(mode: int) -> str:
-    kinds = [(stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-             (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory")]
-    return next((name for test, name in kinds if test(mode)), "not a regular file")
-
-
-def _read_bytes(path: str | Path) -> bytes:
-    """At most MAX_CONFIG_BYTES + 1 bytes of a regular file, never blocking (FIFOs and devices are
-    refused by stat before opening, and again on the opened descriptor)."""
-    shown = show(path)
-    try:
-        st = os.stat(path)
-        if not stat.S_ISREG(st.st_mode):
-            raise ConfigError(f"{shown}: is {_file_kind(st.st_mode)}, not a regular config file")
-        if st.st_size > MAX_CONFIG_BYTES:
-            raise ConfigError(f"{shown}: config file too large ({st.st_size} bytes; the limit is 1 MiB)")
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise ConfigError(f"{shown}: is no longer a regular file")
-            chunks: list[bytes] = []
-            while sum(map(len, chunks)) <= MAX_CONFIG_BYTES and (chunk := os.read(fd, 1 << 16)):
-                chunks.append(chunk)
-        finally:
-            os.close(fd)
-    except ConfigError:
-        raise
-    except FileNotFoundError:
-        raise ConfigError(f"{shown}: no such config file") from None
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"{shown}: cannot read config: {show(getattr(err, 'strerror', None) or err)}") from None
-    return b"".join(chunks)
-
-
 def load(path: str | Path | None) -> Config:
     """Read a config file (None -> the bundled default config): a regular file of at most 1 MiB
     of UTF-8 text (a leading BOM is skipped). Raises ConfigError naming the file."""
     if path is None:
         return Config(source="<default>")
-    data = _read_bytes(path)
+    data = read_bytes(path)
     if len(data) > MAX_CONFIG_BYTES:
         raise ConfigError(f"{show(path)}: config file too large (more than 1 MiB)")
     try:

@@ -22,7 +22,6 @@ from typing import Callable
 
 from .config import Config
 from .errors import EmitError
-from .render import banner, environment, render  # noqa: F401  (re-exported)
 from .specialize import Specialized, specialize
 
 LOCK_NAME = ".unetc.lock"

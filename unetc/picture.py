@@ -221,7 +221,7 @@ def layout(cfg: Config, report: "Report | None" = None) -> dict:
 
 def _edge(a: Node, b: Node, sa: tuple[int, int], sb: tuple[int, int]) -> dict:
     """Arrow from node a to node b by their slots: down the left, along the bottom, up the right."""
-    (ca, ra), (cb, rb) = sa, sb
+    ca, cb = sa[0], sb[0]  # columns (rows are implied by the nodes' positions)
     if ca == cb == 0:
         pts = [(a.x + a.w // 2, a.y + a.h), (b.x + b.w // 2, b.y - 2)]
     elif ca == cb == 2:

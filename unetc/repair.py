@@ -96,13 +96,13 @@ def _improves(r: Report, base: Report | None) -> bool:
     return all(grows) and any(r.valid[a] != base.valid[a] for a in AXES)
 
 
-def repairs(cfg: Config, few: int = 3, budget_s: float = BUDGET_S) -> list[Repair]:
+def repairs(cfg: Config, few: int = 3, budget_s: float = BUDGET_S, base: Report | None = None) -> list[Repair]:
     """At most ``few`` edits of one (else two) geometry keys after which ``check`` passes (every
     hypothesis can hold; at bound sizes, holds there) or, for a config that passes already, its
     valid sets grow strictly; smallest change first, each re-checked by the exact checker.
-    [] when none is found within the budget."""
+    [] when none is found within the budget. ``base``: check(cfg) when the caller has it."""
     deadline = time.monotonic() + budget_s
-    base = check(cfg)
+    base = base or check(cfg)
     base = base if base.ok else None
     better = int(_screen(dataclasses.asdict(cfg), np.arange(1, SCAN + 1, dtype=np.int64)).sum()) if base else 0
     found: list[Repair] = []

@@ -5,6 +5,7 @@ Sizes are printed simplified for reading (:func:`simplified`); the JSON keeps Sy
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import sympy as sp
@@ -34,27 +35,34 @@ class Details:
     cost_error: str | None = None
     repairs: list["Repair"] | None = None  # None: not searched
     workspace_note: str | None = None
+    runs_error: str | None = None  # why ``runs`` is None (e.g. a period above the checker's limit)
 
 
 def details(r: Report, suggest: bool = False) -> Details:
     """Runs, layer views, cost and (when no size is valid, or ``suggest``) repairs of a report."""
     from .cost import cost
-    from .errors import ShapeError
+    from .errors import ShapeError, UsageError
     from .repair import repairs
     from .runs import layer_views, runs
 
-    d = Details(runs=runs(r))
+    d = Details()
+    try:
+        d.runs = runs(r)
+    except UsageError as err:
+        d.runs_error = str(err)
     d.layers = layer_views(r, d.runs)
-    never = next((a for a in d.runs.values() if a.runs.empty), None)
+    never = next((a for a in (d.runs or {}).values() if a.runs.empty), None)
     if never is not None:
         d.cost_error = f"PyTorch runs at no {never.axis} (it fails at {never.breaks[0]})"
+    elif d.runs is None:
+        d.cost_error = "not computed: where PyTorch runs is beyond the checker's limits"
     else:
         try:
             d.cost = cost(r.config)
         except ShapeError as err:
             d.cost_error = str(err)
     if suggest or not r.ok:
-        d.repairs = repairs(r.config)
+        d.repairs = repairs(r.config, base=r)
     return d
 
 
@@ -85,6 +93,7 @@ def _form(e) -> tuple[Any, int, int, int] | None:
     return None if f is None else (*f, int(c))
 
 
+@lru_cache(maxsize=4096)
 def simplified(e):
     """An expression equal to ``e`` at every integer size, for reading: nested floors of one size
     merged and floor(x/D + k/D) + c shown as ceiling(x/D) or floor((x + m)/D):
@@ -187,6 +196,7 @@ def to_json(r: Report, d: Details | None = None) -> dict[str, Any]:
         "conflicts": _conflicts_json(r),
         "layers": _layers_json(r, d),
         "runs": _runs_json(d),
+        "runs_error": d.runs_error,
         "repairs": _repairs_json(d),
         "cost": d.cost.to_json() if d.cost else ({"error": d.cost_error} if d.cost_error else None),
         "limits": dict(r.limits),
@@ -198,26 +208,84 @@ def to_json(r: Report, d: Details | None = None) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- text
 
-def _fit(rows: list[list[str]], shrink: tuple[int, ...], wide: bool, right: tuple[int, ...] = ()) -> list[str]:
+class _Names:
+    """Prints sizes with every outermost floor/ceiling named (H_1, W_1, ...), and lists the names:
+    how a table too wide for :data:`WIDTH` columns abbreviates its formulas (--wide: never)."""
+
+    def __init__(self, taken: set[str], longer: int = 0):
+        self.names: dict[Any, sp.Symbol] = {}
+        self.taken, self.longer = set(taken), longer
+
+    def _outer(self, e) -> list:
+        if isinstance(e, (sp.floor, sp.ceiling)):
+            return [e]
+        return [f for a in e.args for f in self._outer(a)]
+
+    def __call__(self, e) -> str:
+        s = simplified(e)
+        for f in self._outer(s):
+            if f not in self.names and len(sp.sstr(f)) > self.longer:
+                base = "_".join(sorted(str(x) for x in f.free_symbols)) or "N"
+                k = 1
+                while f"{base}_{k}" in self.taken:
+                    k += 1
+                self.taken.add(f"{base}_{k}")
+                self.names[f] = sp.Symbol(f"{base}_{k}")
+        return sp.sstr(s.xreplace(self.names))
+
+    def where(self, indent: str) -> list[str]:
+        """'where H_1 = ..., W_1 = ...' on as few lines as fit, never breaking a definition."""
+        lines: list[str] = []
+        for i, (f, n) in enumerate(self.names.items()):
+            item = f"{n} = {sp.sstr(f)}" + ("," if i + 1 < len(self.names) else "")
+            if lines and len(lines[-1]) + 1 + len(item) <= WIDTH:
+                lines[-1] += " " + item
+            else:
+                lines.append((indent + "where " if not lines else indent + "      ") + item)
+        return lines
+
+
+def _width(rows: list[list[str]]) -> int:
+    return sum(max(len(row[i]) for row in rows) for i in range(len(rows[0]))) + 2 * (len(rows[0]) - 1)
+
+
+def _fit(rows: list[list[str]], shrink: tuple[int, ...], wide: bool, right: tuple[int, ...] = (),
+         indent: str = "") -> list[str]:
     """Aligned columns (``right`` ones right-aligned); unless ``wide``, cells of the ``shrink``
     columns are cut (ending in '…') until the table fits :data:`WIDTH` columns."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    while not wide and sum(widths) + 2 * (len(widths) - 1) > WIDTH:
+    while not wide and sum(widths) + 2 * (len(widths) - 1) + len(indent) > WIDTH:
         i = max(shrink, key=lambda j: widths[j])
         if widths[i] <= 12:
             break
         widths[i] -= 1
     cut = lambda s, w: s if len(s) <= w else s[:w - 1] + "…"  # noqa: E731
-    return ["  ".join(cut(cell, w).rjust(w) if i in right else cut(cell, w).ljust(w)
-                      for i, (cell, w) in enumerate(zip(row, widths))).rstrip() for row in rows]
+    return [indent + "  ".join(cut(cell, w).rjust(w) if i in right else cut(cell, w).ljust(w)
+                               for i, (cell, w) in enumerate(zip(row, widths))).rstrip() for row in rows]
 
 
-def _wrap(text: str, indent: str = "  ", wide: bool = False) -> list[str]:
+def _named_table(r: Report, make_rows, shrink: tuple[int, ...], wide: bool, right: tuple[int, ...] = (),
+                 indent: str = "") -> list[str]:
+    """``make_rows(fmt)`` with fmt = :func:`readable`; when that is too wide (and not ``wide``),
+    again with the floors named (:class:`_Names`) and their definitions below."""
+    rows = make_rows(readable)
+    if wide or _width(rows) + len(indent) <= WIDTH:
+        return _fit(rows, shrink, wide, right, indent)
+    for longer in (len("ceiling(H/2)"), 0):  # name the long floors; if still too wide, all of them
+        names = _Names({str(v) for v in (r.config.in_h, r.config.in_w)}, longer)
+        rows = make_rows(names)
+        if _width(rows) + len(indent) <= WIDTH:
+            break
+    return _fit(rows, shrink, wide, right, indent) + names.where(indent)
+
+
+def _wrap(text: str, indent: str = "  ", wide: bool = False, hang: str = "  ") -> list[str]:
+    """text on lines of at most WIDTH columns (one line if ``wide``), continuations indented."""
     import textwrap
 
     if wide:
         return [indent + text]
-    return textwrap.wrap(text, WIDTH, initial_indent=indent, subsequent_indent=indent + "  ",
+    return textwrap.wrap(text, WIDTH, initial_indent=indent, subsequent_indent=indent + hang,
                          break_on_hyphens=False) or [indent]
 
 
@@ -225,65 +293,80 @@ def _op_text(op, wide: bool) -> str:
     return op.describe() if wide else op.describe().replace("conv_transpose2d", "convT2d")
 
 
-def _layer_table(r: Report, d: Details, wide: bool) -> list[str]:
-    concrete = d.cost is not None and d.cost.concrete
-    macs = {l.name: l.macs for l in d.cost.layers} if concrete else {}
-    rows = [["layer", "op", "output (PyTorch)", "params"] + (["MACs fwd"] if concrete else []) + [""]]
-    for v in d.layers:
-        params = sum(int(sp.prod(s)) for s in v.op.params().values())
-        if v.torch is None:
-            out, note = "—", "✗ PyTorch fails here" if v.breaks else "not computed"
-        else:
-            out, note = _shape_text(v.torch), ""
-            spec = [readable(n) for n in v.spec[1:]]
-            if any(sp.expand(a - b) != 0 for a, b in zip(v.torch[1:], v.spec[1:])):
-                note = "→ spec assumes " + ", ".join(spec)
-        mac = [f"{d.cost.value(macs[v.op.name]):,}"] if concrete else []
-        rows.append([v.op.name, _op_text(v.op, wide), out, f"{params:,}"] + mac + [note])
-    total = [f"{d.cost.total('macs'):,}"] if concrete else []
-    rows.append(["total", "", "", f"{_params(d):,}"] + total + [""])
-    lines = _fit(rows, (2, len(rows[0]) - 1), wide, right=(3, 4) if concrete else (3,))
-    brk = next((v for v in d.layers if v.breaks), None)
-    if brk:
-        lines += _wrap(f"✗ PyTorch fails at {brk.op.name}: {brk.breaks}", "", wide)
-    return lines
-
-
 def _params(d: Details) -> int:
     return sum(int(sp.prod(s)) for v in d.layers for s in v.op.params().values())
 
 
-def _amount(c: "Cost", name: str, unit: str = "") -> str:
+def _layer_table(r: Report, d: Details, wide: bool) -> list[str]:
+    concrete = d.cost is not None and d.cost.concrete
+    macs = {l.name: l.macs for l in d.cost.layers} if concrete else {}
+
+    def rows(fmt) -> list[list[str]]:
+        out = [["layer", "op", "output (PyTorch)", "params"] + (["MACs fwd"] if concrete else []) + [""]]
+        for v in d.layers:
+            params = sum(int(sp.prod(s)) for s in v.op.params().values())
+            if v.torch is None:
+                shape, note = "—", "✗ PyTorch fails here" if v.breaks else "not computed"
+            else:
+                shape, note = "(" + ", ".join(fmt(n) for n in v.torch) + ")", ""
+                if any(sp.expand(a - b) != 0 for a, b in zip(v.torch[1:], v.spec[1:])):
+                    note = "→ spec assumes " + ", ".join(fmt(n) for n in v.spec[1:])
+            mac = [f"{d.cost.value(macs[v.op.name]):,}"] if concrete else []
+            out.append([v.op.name, _op_text(v.op, wide), shape, f"{params:,}"] + mac + [note])
+        out.append(["total", "", "", f"{_params(d):,}"] + ([f"{d.cost.total('macs'):,}"] if concrete else []) + [""])
+        return out
+
+    lines = _named_table(r, rows, (2, 5 if concrete else 4), wide, right=(3, 4) if concrete else (3,))
+    brk = next((v for v in d.layers if v.breaks), None)
+    return lines + (_wrap(f"✗ PyTorch fails at {brk.op.name}: {brk.breaks}", "", wide) if brk else [])
+
+
+def _amount(c: "Cost", name: str, fmt, unit: str = "") -> str:
     v = c.total(name)
     if not isinstance(v, int):
-        return readable(v) + unit
+        return fmt(v) + unit
     return f"{v:,}{unit}" + (f" ({v / 1e9:.3g} G)" if v >= 10 ** 9 else f" ({v / 1e6:.3g} M)" if v >= 10 ** 6 else "")
 
 
 def _cost_lines(d: Details, wide: bool) -> list[str]:
+    """The totals, one per line; a formula too long for one line wraps under itself."""
     if d.cost is None:
         return ["", "cost: not available: " + (d.cost_error or "")] if d.cost_error else []
     c, per = d.cost, f" elements of {d.cost.dtype_bytes} bytes"
-    rows = [["params", f"{c.total('params'):,}"], ["MACs forward", _amount(c, "macs")],
-            ["MACs backward", _amount(c, "bwd_macs")], ["activations", _amount(c, "activations", per)],
-            ["training peak", _amount(c, "train_peak", per)]]
+    rows = [["params", f"{c.total('params'):,}"], ["MACs forward", _amount(c, "macs", readable)],
+            ["MACs backward", _amount(c, "bwd_macs", readable)],
+            ["activations", _amount(c, "activations", readable, per)],
+            ["training peak", _amount(c, "train_peak", readable, per)]]
     out = ["", "cost (one image, PyTorch's shapes; MAC = multiply-accumulate; --cost: every layer):"]
-    return out + ["  " + line for line in _fit(rows, (1,), wide)]
+    for name, value in rows:
+        out += _wrap(f"{name:<13}  {value}", "  ", wide, hang=" " * 15)
+    return out
 
 
-def _cost_table(d: Details, wide: bool) -> list[str]:
+def _cost_table(r: Report, d: Details, wide: bool) -> list[str]:
+    """Per layer: forward and backward MACs and other operations (formulas or values)."""
     if d.cost is None:
         return []
-    return ["", "cost per layer:"] + ["  " + line for line in _fit(d.cost.table_rows(), (2, 4, 5, 6), wide)]
+    c = d.cost
+
+    def cell(e, fmt) -> str:
+        v = c.value(e)
+        return f"{v:,}" if isinstance(v, int) else fmt(v)
+
+    def rows(fmt) -> list[list[str]]:
+        out = [["layer", "MACs fwd", "MACs bwd", "other"]]
+        out += [[l.name, cell(l.macs, fmt), cell(l.bwd_macs, fmt),
+                 f"{cell(l.other, fmt)} {l.other_kind}" if l.other != 0 else ""] for l in c.layers]
+        return out + [["total", cell(c.formulas["macs"], fmt), cell(c.formulas["bwd_macs"], fmt), ""]]
+    return ["", "cost per layer:"] + _named_table(r, rows, (1, 2, 3), wide, indent="  ")
 
 
 def _hyp_lines(r: Report, wide: bool) -> list[str]:
-    rows = []
-    for c in r.constraints:
-        eq = f"{readable(c.exprs[0])} = {readable(c.exprs[1])}" if c.exprs else f"{c.lhs} = {c.rhs}"
-        rows.append([c.name, c.status, eq, c.layer, c.valid.describe()])
+    def rows(fmt) -> list[list[str]]:
+        return [[c.name, c.status, f"{fmt(c.exprs[0])} = {fmt(c.exprs[1])}" if c.exprs else f"{c.lhs} = {c.rhs}",
+                 c.layer, c.valid.describe()] for c in r.constraints]
     out = ["", "shape hypotheses:", *("  " + line for line in LEGEND)]
-    out += ["  " + line for line in _fit(rows, (2, 4), wide)]
+    out += _named_table(r, rows, (4, 2), wide, indent="  ")
     for c in r.constraints:
         if c.message:
             out += _wrap("✗ " + c.message, "  ", wide)
@@ -299,6 +382,8 @@ def _size_lines(r: Report, d: Details, wide: bool) -> list[str]:
         for a, b in conflicts(r, axis) if s.empty else []:
             out += _wrap(f"conflict: {a.name} valid at {_brief(a.valid)} vs {b.name} at {_brief(b.valid)}",
                          "    ", wide)
+    if d.runs_error:
+        out += _wrap(f"PyTorch runs: not computed: {d.runs_error}", "", wide)
     if d.runs:
         out.append("PyTorch runs (every layer defined, concat sizes equal):")
         for a in d.runs.values():
@@ -343,7 +428,7 @@ def to_text(r: Report, d: Details | None = None, wide: bool = False, cost_table:
            f"base_c {cfg.base_c}, {cfg.dtype}"]
     if d.layers:
         out += ["", *_layer_table(r, d, wide)]
-    out += _cost_table(d, wide) if cost_table else []
+    out += _cost_table(r, d, wide) if cost_table else []
     out += _cost_lines(d, wide) + _hyp_lines(r, wide) + _size_lines(r, d, wide) + _repair_lines(r, d, wide)
     if r.workspace_bytes is not None:
         out.append(f"\nC target workspace: {r.workspace_bytes:,} bytes ({cfg.name.upper()}_WORKSPACE_BYTES)")

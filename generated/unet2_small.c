@@ -23,9 +23,20 @@
 // U-Net-2 `unet2_small`: one static function per op instance, literal loop bounds. See unet2_small.h.
 #include <stdint.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #include "unet2_small.h"
 
 #define ALIGN 64
+#define BATCH_SLOTS 16 /* at most this many images in flight when the batch runs in parallel */
+#define BATCH_IMAGE_MAX 4194304u /* bytes of one image's slot up to which it does */
+#define GRAD_BYTES 7040u /* one set of parameter gradients, each 64-byte aligned */
+
+static inline size_t unetc_zmax(size_t a, size_t b)
+{
+    return a > b ? a : b;
+}
 
 #define MR 8 /* output channels per register block */
 #ifndef MO
@@ -300,7 +311,7 @@ static inline vec vrelu(vec v)
    (clamped) and do not store it. */
 #define WGRAD_S1(C, O, H, W, K, XPAD, DY, DW)                                                 \
     {                                                                                          \
-        enum { HB_ = WG_PIX / (W) > 0 ? WG_PIX / (W) : 1 };                                    \
+        enum { HB_ = WG_PIX / (W) > 0 ? WG_PIX / (W) : 1 }; \
         memset((DW), 0, sizeof(float) * (size_t)(O) * (C) * (K) * (K));                      \
         const int par = (double)(O) * (HB_ < (H) ? HB_ : (H)) * (W) * (C) * (K) * (K) > PAR_MIN; \
         (void)par;                                                                             \
@@ -363,8 +374,8 @@ static inline vec vrelu(vec v)
 #define WG_MV(O) (((O) + VL - 1) / VL < 4 ? ((O) + VL - 1) / VL : 4)
 #define WGRAD_OP(C, O, H, W, K, XPAD, DY, DT, DWT, DW)                                        \
     {                                                                                          \
-        enum { OV_ = ((O) + VL - 1) / VL, MV_ = WG_MV(O), NT_ = (C) * (K) * (K),              \
-               HB_ = WPB / (W) > 0 ? WPB / (W) : 1 };                                          \
+        enum { OV_ = ((O) + VL - 1) / VL, MV_ = WG_MV(O), NT_ = (C) * (K) * (K) };             \
+        enum { HB_ = WPB / (W) > 0 ? WPB / (W) : 1 }; \
         memset((DWT), 0, sizeof(float) * (size_t)NT_ * WG_OP(O));                            \
         const int par = (double)(O) * (HB_ < (H) ? HB_ : (H)) * (W) * NT_ > PAR_MIN;           \
         (void)par;                                                                             \
@@ -763,8 +774,12 @@ static void k40_maxpool2d_grad_pool(const float *restrict a, const float *restri
 {
     const int par = 192 > PAR_MIN_WINDOWS;
     (void)par;
+    const int tiled = 1; /* the windows tile the input: write each pixel once */
     PARALLEL_FOR1
     for (int c = 0; c < 4; ++c) {
+        if (!tiled)
+            for (int i = 0; i < 192; ++i)
+                out[c * 192 + i] = 0;
         for (int oh = 0; oh < 8; ++oh) {
             for (int ow = 0; ow < 6; ++ow) {
                 const int at = (c * 16 + oh * 2) * 12 + ow * 2;
@@ -779,9 +794,13 @@ static void k40_maxpool2d_grad_pool(const float *restrict a, const float *restri
                         best = take ? ki * 2 + kj : best;
                     }
                 const float g = bb[(c * 8 + oh) * 6 + ow];
-                for (int ki = 0; ki < 2; ++ki)  /* the windows tile `out`: write each pixel once */
-                    for (int kj = 0; kj < 2; ++kj)
-                        out[at + ki * 12 + kj] = ki * 2 + kj == best ? g : 0;
+                if (tiled) {
+                    for (int ki = 0; ki < 2; ++ki)
+                        for (int kj = 0; kj < 2; ++kj)
+                            out[at + ki * 12 + kj] = ki * 2 + kj == best ? g : 0;
+                } else {
+                    out[at + (best / 2) * 12 + best % 2] += g;
+                }
             }
         }
     }
@@ -875,14 +894,45 @@ static void k49_conv2d_grad_input_down1_1(const float *restrict dy, const float 
 }
 
 
-size_t unet2_small_workspace_bytes(void)
+/* Workspace slots for a batch of n images whose slot is `slot` bytes: 1 (images one by one) or
+   up to BATCH_SLOTS (images in parallel over the batch) */
+static int unet2_small_slots(int n, size_t slot)
 {
-    return UNET2_SMALL_WORKSPACE_BYTES;
+    return n <= 1 || slot > BATCH_IMAGE_MAX ? 1 : n < BATCH_SLOTS ? n : BATCH_SLOTS;
+}
+
+/* one image's slot: its workspace, plus two sets of gradients (an image's, a worker's sum) for n > 1 */
+static size_t unet2_small_slot_bytes(int n, size_t image)
+{
+    return n > 1 ? image + 2 * (size_t)GRAD_BYTES : image;
+}
+
+size_t unet2_small_workspace_bytes(int n)
+{
+    if (n <= 0)
+        return 0;
+    const size_t image = 33408u;
+    const size_t slot = unet2_small_slot_bytes(n, image);
+    return ALIGN + (size_t)unet2_small_slots(n, slot) * slot;
+}
+
+const char *unet2_small_strerror(int code)
+{
+    switch (code) {
+    case 0:
+        return "no error";
+    case 1:
+        return "a required pointer argument (or a member of p / g) is NULL";
+    case 2:
+        return "the batch size n must be >= 1";
+    default:
+        return "unknown error code";
+    }
 }
 
 const char *unet2_small_build_id(void)
 {
-    return "bcf5ae8d9ae43765b734237beed13e291ceaf6a09bcf872ca515ec3d90a79e72";
+    return "38024493334740dd0650acfe8d666cce75cc1d527d1fb68fb8a26ae3e0a1ee53";
 }
 
 static unsigned char *unet2_small_align(void *ws)
@@ -890,52 +940,19 @@ static unsigned char *unet2_small_align(void *ws)
     return (unsigned char *)ws + (ALIGN - (size_t)((uintptr_t)ws % ALIGN)) % ALIGN;
 }
 
-int unet2_small_forward(const unet2_small_params *p, const float *x, float *y, void *ws)
+/* one image: y = UNet2(p, x), intermediates in base */
+static void unet2_small_forward1(const unet2_small_params *p, const float *x, float *y,
+                                unsigned char *base)
 {
-    if (!p || !x || !y || !ws)
-        return UNET2_SMALL_ERR_NULL;
-    if (!p->down1_1_weight)
-        return UNET2_SMALL_ERR_NULL;
-    if (!p->down1_1_bias)
-        return UNET2_SMALL_ERR_NULL;
-    if (!p->down1_2_weight)
-        return UNET2_SMALL_ERR_NULL;
-    if (!p->down1_2_bias)
-        return UNET2_SMALL_ERR_NULL;
-    if (!p->down2_1_weight)
-        return UNET2_SMALL_ERR_NULL;
-    if (!p->down2_1_bias)
-        return UNET2_SMALL_ERR_NULL;
-    if (!p->down2_2_weight)
-        return UNET2_SMALL_ERR_NULL;
-    if (!p->down2_2_bias)
-        return UNET2_SMALL_ERR_NULL;
-    if (!p->upT_weight)
-        return UNET2_SMALL_ERR_NULL;
-    if (!p->upT_bias)
-        return UNET2_SMALL_ERR_NULL;
-    if (!p->up1_1_weight)
-        return UNET2_SMALL_ERR_NULL;
-    if (!p->up1_1_bias)
-        return UNET2_SMALL_ERR_NULL;
-    if (!p->up1_2_weight)
-        return UNET2_SMALL_ERR_NULL;
-    if (!p->up1_2_bias)
-        return UNET2_SMALL_ERR_NULL;
-    if (!p->out1x1_weight)
-        return UNET2_SMALL_ERR_NULL;
-    if (!p->out1x1_bias)
-        return UNET2_SMALL_ERR_NULL;
-    unsigned char *base = unet2_small_align(ws);
-    /* workspace plan: 10752 bytes, then the conv kernels' scratch area */
+    /* workspace plan: 7 buffers, then the conv kernels' scratch area */
     float *const scratch = (float *)(void *)(base + 25344);
-    float *const t_pooled = (float *)(void *)(base + 0); /* pooled (4, 8, 6), 768 B */
-    float *const t_s1 = (float *)(void *)(base + 0); /* s1 (4, 16, 12), 3072 B */
-    float *const t_u1 = (float *)(void *)(base + 0); /* u1 (4, 16, 12), 3072 B */
-    float *const t_b1 = (float *)(void *)(base + 768); /* b1 (8, 8, 6), 1536 B */
-    float *const t_merged = (float *)(void *)(base + 3072); /* merged (8, 16, 12), 6144 B */
-    float *const t_u2 = (float *)(void *)(base + 3072); /* u2 (4, 16, 12), 3072 B */
-    float *const t_bottleneck = (float *)(void *)(base + 9216); /* bottleneck (8, 8, 6), 1536 B */
+    float *const t_s1 = (float *)(void *)(base + 0); /* s1 (4, 16, 12) */
+    float *const t_merged = (float *)(void *)(base + 3072); /* merged (8, 16, 12) */
+    float *const t_pooled = (float *)(void *)(base + 0); /* pooled (4, 8, 6) */
+    float *const t_b1 = (float *)(void *)(base + 768); /* b1 (8, 8, 6) */
+    float *const t_bottleneck = (float *)(void *)(base + 9216); /* bottleneck (8, 8, 6) */
+    float *const t_u1 = (float *)(void *)(base + 0); /* u1 (4, 16, 12) */
+    float *const t_u2 = (float *)(void *)(base + 3072); /* u2 (4, 16, 12) */
     k00_conv2d_down1_1_relu(x, p->down1_1_weight, p->down1_1_bias, t_s1, scratch); /* conv2d down1_1 -> z1 + relu s1 in place */
     k02_conv2d_down1_2_relu(t_s1, p->down1_2_weight, p->down1_2_bias, t_merged, scratch); /* conv2d down1_2 -> z2 + relu skip1 in place */
     k04_maxpool2d_pool(t_merged, t_pooled); /* maxpool2d pool -> pooled */
@@ -945,64 +962,29 @@ int unet2_small_forward(const unet2_small_params *p, const float *x, float *y, v
     k11_conv2d_up1_1_relu(t_merged, p->up1_1_weight, p->up1_1_bias, t_u1, scratch); /* conv2d up1_1 -> z5 + relu u1 in place */
     k13_conv2d_up1_2_relu(t_u1, p->up1_2_weight, p->up1_2_bias, t_u2, scratch); /* conv2d up1_2 -> z6 + relu u2 in place */
     k15_conv2d_out1x1(t_u2, p->out1x1_weight, p->out1x1_bias, y, scratch); /* conv2d out1x1 -> y */
-    return UNET2_SMALL_OK;
 }
 
-int unet2_small_backward(const unet2_small_params *p, const float *x, const float *grad_y,
-                        unet2_small_grads *g, float *grad_x, void *ws)
+/* one image: its parameter gradients into g (overwritten), dL/dx into grad_x */
+static void unet2_small_backward1(const unet2_small_params *p, const float *x,
+                                 const float *grad_y, const unet2_small_grads *g, float *grad_x, unsigned char *base)
 {
-    if (!p || !x || !grad_y || !g || !grad_x || !ws)
-        return UNET2_SMALL_ERR_NULL;
-    if (!p->down1_1_weight || !g->down1_1_weight)
-        return UNET2_SMALL_ERR_NULL;
-    if (!p->down1_1_bias || !g->down1_1_bias)
-        return UNET2_SMALL_ERR_NULL;
-    if (!p->down1_2_weight || !g->down1_2_weight)
-        return UNET2_SMALL_ERR_NULL;
-    if (!p->down1_2_bias || !g->down1_2_bias)
-        return UNET2_SMALL_ERR_NULL;
-    if (!p->down2_1_weight || !g->down2_1_weight)
-        return UNET2_SMALL_ERR_NULL;
-    if (!p->down2_1_bias || !g->down2_1_bias)
-        return UNET2_SMALL_ERR_NULL;
-    if (!p->down2_2_weight || !g->down2_2_weight)
-        return UNET2_SMALL_ERR_NULL;
-    if (!p->down2_2_bias || !g->down2_2_bias)
-        return UNET2_SMALL_ERR_NULL;
-    if (!p->upT_weight || !g->upT_weight)
-        return UNET2_SMALL_ERR_NULL;
-    if (!p->upT_bias || !g->upT_bias)
-        return UNET2_SMALL_ERR_NULL;
-    if (!p->up1_1_weight || !g->up1_1_weight)
-        return UNET2_SMALL_ERR_NULL;
-    if (!p->up1_1_bias || !g->up1_1_bias)
-        return UNET2_SMALL_ERR_NULL;
-    if (!p->up1_2_weight || !g->up1_2_weight)
-        return UNET2_SMALL_ERR_NULL;
-    if (!p->up1_2_bias || !g->up1_2_bias)
-        return UNET2_SMALL_ERR_NULL;
-    if (!p->out1x1_weight || !g->out1x1_weight)
-        return UNET2_SMALL_ERR_NULL;
-    if (!p->out1x1_bias || !g->out1x1_bias)
-        return UNET2_SMALL_ERR_NULL;
-    unsigned char *base = unet2_small_align(ws);
-    /* workspace plan: 25344 bytes, then the conv kernels' scratch area */
+    /* workspace plan: 15 buffers, then the conv kernels' scratch area */
     float *const scratch = (float *)(void *)(base + 25344);
-    float *const t_s1 = (float *)(void *)(base + 0); /* s1 (4, 16, 12), 3072 B */
-    float *const t_d_s1__down1_2 = (float *)(void *)(base + 3072); /* d_s1__down1_2 (4, 16, 12), 3072 B */
-    float *const t_merged = (float *)(void *)(base + 3072); /* merged (8, 16, 12), 6144 B */
-    float *const t_d_pooled__down2_1 = (float *)(void *)(base + 9216); /* d_pooled__down2_1 (4, 8, 6), 768 B */
-    float *const t_pooled = (float *)(void *)(base + 9216); /* pooled (4, 8, 6), 768 B */
-    float *const t_b1 = (float *)(void *)(base + 9984); /* b1 (8, 8, 6), 1536 B */
-    float *const t_d_skip1__pool = (float *)(void *)(base + 9984); /* d_skip1__pool (4, 16, 12), 3072 B */
-    float *const t_bottleneck = (float *)(void *)(base + 11520); /* bottleneck (8, 8, 6), 1536 B */
-    float *const t_d_b1__down2_2 = (float *)(void *)(base + 11520); /* d_b1__down2_2 (8, 8, 6), 1536 B */
-    float *const t_d_bottleneck__upT = (float *)(void *)(base + 13056); /* d_bottleneck__upT (8, 8, 6), 1536 B */
-    float *const t_u1 = (float *)(void *)(base + 13056); /* u1 (4, 16, 12), 3072 B */
-    float *const t_d_u1__up1_2 = (float *)(void *)(base + 16128); /* d_u1__up1_2 (4, 16, 12), 3072 B */
-    float *const t_u2 = (float *)(void *)(base + 16128); /* u2 (4, 16, 12), 3072 B */
-    float *const t_d_merged__up1_1 = (float *)(void *)(base + 19200); /* d_merged__up1_1 (8, 16, 12), 6144 B */
-    float *const t_d_u2__out1x1 = (float *)(void *)(base + 19200); /* d_u2__out1x1 (4, 16, 12), 3072 B */
+    float *const t_s1 = (float *)(void *)(base + 0); /* s1 (4, 16, 12) */
+    float *const t_merged = (float *)(void *)(base + 3072); /* merged (8, 16, 12) */
+    float *const t_pooled = (float *)(void *)(base + 9216); /* pooled (4, 8, 6) */
+    float *const t_b1 = (float *)(void *)(base + 9984); /* b1 (8, 8, 6) */
+    float *const t_bottleneck = (float *)(void *)(base + 11520); /* bottleneck (8, 8, 6) */
+    float *const t_u1 = (float *)(void *)(base + 13056); /* u1 (4, 16, 12) */
+    float *const t_u2 = (float *)(void *)(base + 16128); /* u2 (4, 16, 12) */
+    float *const t_d_u2__out1x1 = (float *)(void *)(base + 19200); /* d_u2__out1x1 (4, 16, 12) */
+    float *const t_d_u1__up1_2 = (float *)(void *)(base + 16128); /* d_u1__up1_2 (4, 16, 12) */
+    float *const t_d_merged__up1_1 = (float *)(void *)(base + 19200); /* d_merged__up1_1 (8, 16, 12) */
+    float *const t_d_bottleneck__upT = (float *)(void *)(base + 13056); /* d_bottleneck__upT (8, 8, 6) */
+    float *const t_d_b1__down2_2 = (float *)(void *)(base + 11520); /* d_b1__down2_2 (8, 8, 6) */
+    float *const t_d_pooled__down2_1 = (float *)(void *)(base + 9216); /* d_pooled__down2_1 (4, 8, 6) */
+    float *const t_d_skip1__pool = (float *)(void *)(base + 9984); /* d_skip1__pool (4, 16, 12) */
+    float *const t_d_s1__down1_2 = (float *)(void *)(base + 3072); /* d_s1__down1_2 (4, 16, 12) */
     k00_conv2d_down1_1_relu(x, p->down1_1_weight, p->down1_1_bias, t_s1, scratch); /* conv2d down1_1 -> z1 + relu s1 in place */
     k02_conv2d_down1_2_relu(t_s1, p->down1_2_weight, p->down1_2_bias, t_merged, scratch); /* conv2d down1_2 -> z2 + relu skip1 in place */
     k04_maxpool2d_pool(t_merged, t_pooled); /* maxpool2d pool -> pooled */
@@ -1043,5 +1025,278 @@ int unet2_small_backward(const unet2_small_params *p, const float *x, const floa
     k47_conv2d_grad_weight_down1_1_weight(x, t_d_s1__down1_2, g->down1_1_weight, scratch); /* conv2d_grad_weight down1_1.weight -> d_down1_1.weight */
     k48_bias_grad_down1_1_bias(t_d_s1__down1_2, g->down1_1_bias); /* bias_grad down1_1.bias -> d_down1_1.bias */
     k49_conv2d_grad_input_down1_1(t_d_s1__down1_2, p->down1_1_weight, grad_x, scratch); /* conv2d_grad_input down1_1 -> d_x__down1_1 */
+}
+
+/* the gradient views of a GRAD_BYTES buffer at `at` */
+static unet2_small_grads unet2_small_grads_at(unsigned char *at)
+{
+    unet2_small_grads t;
+    t.down1_1_weight = (float *)(void *)(at + 0);
+    t.down1_1_bias = (float *)(void *)(at + 192);
+    t.down1_2_weight = (float *)(void *)(at + 256);
+    t.down1_2_bias = (float *)(void *)(at + 832);
+    t.down2_1_weight = (float *)(void *)(at + 896);
+    t.down2_1_bias = (float *)(void *)(at + 2048);
+    t.down2_2_weight = (float *)(void *)(at + 2112);
+    t.down2_2_bias = (float *)(void *)(at + 4416);
+    t.upT_weight = (float *)(void *)(at + 4480);
+    t.upT_bias = (float *)(void *)(at + 4992);
+    t.up1_1_weight = (float *)(void *)(at + 5056);
+    t.up1_1_bias = (float *)(void *)(at + 6208);
+    t.up1_2_weight = (float *)(void *)(at + 6272);
+    t.up1_2_bias = (float *)(void *)(at + 6848);
+    t.out1x1_weight = (float *)(void *)(at + 6912);
+    t.out1x1_bias = (float *)(void *)(at + 6976);
+    return t;
+}
+
+/* g += t, parameter by parameter */
+static void unet2_small_grads_add(const unet2_small_grads *g, const unet2_small_grads *t)
+{
+    {
+        float *restrict d = g->down1_1_weight;
+        const float *restrict s = t->down1_1_weight;
+        for (int i = 0; i < 36; ++i)
+            d[i] += s[i];
+    }
+    {
+        float *restrict d = g->down1_1_bias;
+        const float *restrict s = t->down1_1_bias;
+        for (int i = 0; i < 4; ++i)
+            d[i] += s[i];
+    }
+    {
+        float *restrict d = g->down1_2_weight;
+        const float *restrict s = t->down1_2_weight;
+        for (int i = 0; i < 144; ++i)
+            d[i] += s[i];
+    }
+    {
+        float *restrict d = g->down1_2_bias;
+        const float *restrict s = t->down1_2_bias;
+        for (int i = 0; i < 4; ++i)
+            d[i] += s[i];
+    }
+    {
+        float *restrict d = g->down2_1_weight;
+        const float *restrict s = t->down2_1_weight;
+        for (int i = 0; i < 288; ++i)
+            d[i] += s[i];
+    }
+    {
+        float *restrict d = g->down2_1_bias;
+        const float *restrict s = t->down2_1_bias;
+        for (int i = 0; i < 8; ++i)
+            d[i] += s[i];
+    }
+    {
+        float *restrict d = g->down2_2_weight;
+        const float *restrict s = t->down2_2_weight;
+        for (int i = 0; i < 576; ++i)
+            d[i] += s[i];
+    }
+    {
+        float *restrict d = g->down2_2_bias;
+        const float *restrict s = t->down2_2_bias;
+        for (int i = 0; i < 8; ++i)
+            d[i] += s[i];
+    }
+    {
+        float *restrict d = g->upT_weight;
+        const float *restrict s = t->upT_weight;
+        for (int i = 0; i < 128; ++i)
+            d[i] += s[i];
+    }
+    {
+        float *restrict d = g->upT_bias;
+        const float *restrict s = t->upT_bias;
+        for (int i = 0; i < 4; ++i)
+            d[i] += s[i];
+    }
+    {
+        float *restrict d = g->up1_1_weight;
+        const float *restrict s = t->up1_1_weight;
+        for (int i = 0; i < 288; ++i)
+            d[i] += s[i];
+    }
+    {
+        float *restrict d = g->up1_1_bias;
+        const float *restrict s = t->up1_1_bias;
+        for (int i = 0; i < 4; ++i)
+            d[i] += s[i];
+    }
+    {
+        float *restrict d = g->up1_2_weight;
+        const float *restrict s = t->up1_2_weight;
+        for (int i = 0; i < 144; ++i)
+            d[i] += s[i];
+    }
+    {
+        float *restrict d = g->up1_2_bias;
+        const float *restrict s = t->up1_2_bias;
+        for (int i = 0; i < 4; ++i)
+            d[i] += s[i];
+    }
+    {
+        float *restrict d = g->out1x1_weight;
+        const float *restrict s = t->out1x1_weight;
+        for (int i = 0; i < 8; ++i)
+            d[i] += s[i];
+    }
+    {
+        float *restrict d = g->out1x1_bias;
+        const float *restrict s = t->out1x1_bias;
+        for (int i = 0; i < 2; ++i)
+            d[i] += s[i];
+    }
+}
+
+/* Workers for a batch: P = min(slots, threads); worker q runs images [q*r, (q+1)*r), r = n / P, in
+   slot q; the rest run one by one in slot 0 with the kernels' own threads. 1 when P <= 1. */
+static int unet2_small_workers(int slots)
+{
+#ifdef _OPENMP
+    const int t = omp_get_max_threads();
+    return slots < t ? slots : t;
+#else
+    (void)slots;
+    return 1;
+#endif
+}
+
+int unet2_small_forward(const unet2_small_params *p, int n, const float *x, float *y, void *ws)
+{
+    if (n <= 0)
+        return UNET2_SMALL_ERR_BATCH;
+
+    if (!p || !x || !y || !ws)
+        return UNET2_SMALL_ERR_NULL;
+    if (!p->down1_1_weight)
+        return UNET2_SMALL_ERR_NULL;
+    if (!p->down1_1_bias)
+        return UNET2_SMALL_ERR_NULL;
+    if (!p->down1_2_weight)
+        return UNET2_SMALL_ERR_NULL;
+    if (!p->down1_2_bias)
+        return UNET2_SMALL_ERR_NULL;
+    if (!p->down2_1_weight)
+        return UNET2_SMALL_ERR_NULL;
+    if (!p->down2_1_bias)
+        return UNET2_SMALL_ERR_NULL;
+    if (!p->down2_2_weight)
+        return UNET2_SMALL_ERR_NULL;
+    if (!p->down2_2_bias)
+        return UNET2_SMALL_ERR_NULL;
+    if (!p->upT_weight)
+        return UNET2_SMALL_ERR_NULL;
+    if (!p->upT_bias)
+        return UNET2_SMALL_ERR_NULL;
+    if (!p->up1_1_weight)
+        return UNET2_SMALL_ERR_NULL;
+    if (!p->up1_1_bias)
+        return UNET2_SMALL_ERR_NULL;
+    if (!p->up1_2_weight)
+        return UNET2_SMALL_ERR_NULL;
+    if (!p->up1_2_bias)
+        return UNET2_SMALL_ERR_NULL;
+    if (!p->out1x1_weight)
+        return UNET2_SMALL_ERR_NULL;
+    if (!p->out1x1_bias)
+        return UNET2_SMALL_ERR_NULL;
+    const size_t image = 33408u;
+    const size_t xn = (size_t)192, yn = (size_t)384; /* elements per image */
+    unsigned char *base = unet2_small_align(ws);
+    const size_t slot = unet2_small_slot_bytes(n, image);
+    const int workers = unet2_small_workers(unet2_small_slots(n, slot)), r = n / workers;
+
+    if (workers > 1) {
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(workers) schedule(static, 1)
+#endif
+        for (int q = 0; q < workers; ++q)
+            for (int i = q * r; i < (q + 1) * r; ++i)
+                unet2_small_forward1(p, x + i * xn, y + i * yn, base + q * slot);
+    }
+    for (int i = workers > 1 ? workers * r : 0; i < n; ++i)
+        unet2_small_forward1(p, x + i * xn, y + i * yn, base);
+    return UNET2_SMALL_OK;
+}
+
+int unet2_small_backward(const unet2_small_params *p, int n, const float *x, const float *grad_y,
+                        unet2_small_grads *g, float *grad_x, void *ws)
+{
+    if (n <= 0)
+        return UNET2_SMALL_ERR_BATCH;
+
+    if (!p || !x || !grad_y || !g || !grad_x || !ws)
+        return UNET2_SMALL_ERR_NULL;
+    if (!p->down1_1_weight || !g->down1_1_weight)
+        return UNET2_SMALL_ERR_NULL;
+    if (!p->down1_1_bias || !g->down1_1_bias)
+        return UNET2_SMALL_ERR_NULL;
+    if (!p->down1_2_weight || !g->down1_2_weight)
+        return UNET2_SMALL_ERR_NULL;
+    if (!p->down1_2_bias || !g->down1_2_bias)
+        return UNET2_SMALL_ERR_NULL;
+    if (!p->down2_1_weight || !g->down2_1_weight)
+        return UNET2_SMALL_ERR_NULL;
+    if (!p->down2_1_bias || !g->down2_1_bias)
+        return UNET2_SMALL_ERR_NULL;
+    if (!p->down2_2_weight || !g->down2_2_weight)
+        return UNET2_SMALL_ERR_NULL;
+    if (!p->down2_2_bias || !g->down2_2_bias)
+        return UNET2_SMALL_ERR_NULL;
+    if (!p->upT_weight || !g->upT_weight)
+        return UNET2_SMALL_ERR_NULL;
+    if (!p->upT_bias || !g->upT_bias)
+        return UNET2_SMALL_ERR_NULL;
+    if (!p->up1_1_weight || !g->up1_1_weight)
+        return UNET2_SMALL_ERR_NULL;
+    if (!p->up1_1_bias || !g->up1_1_bias)
+        return UNET2_SMALL_ERR_NULL;
+    if (!p->up1_2_weight || !g->up1_2_weight)
+        return UNET2_SMALL_ERR_NULL;
+    if (!p->up1_2_bias || !g->up1_2_bias)
+        return UNET2_SMALL_ERR_NULL;
+    if (!p->out1x1_weight || !g->out1x1_weight)
+        return UNET2_SMALL_ERR_NULL;
+    if (!p->out1x1_bias || !g->out1x1_bias)
+        return UNET2_SMALL_ERR_NULL;
+    const size_t image = 33408u;
+    const size_t xn = (size_t)192, yn = (size_t)384; /* elements per image */
+    unsigned char *base = unet2_small_align(ws);
+    const size_t slot = unet2_small_slot_bytes(n, image);
+    const int workers = unet2_small_workers(unet2_small_slots(n, slot)), r = n / workers;
+
+    /* every image's gradients go to g (the first image of worker 0) or to its slot's first
+       gradient buffer, then are added into g or the worker's sum (the slot's second buffer) */
+    const int first = workers > 1 ? workers * r : 1;
+    if (workers > 1) {
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(workers) schedule(static, 1)
+#endif
+        for (int q = 0; q < workers; ++q) {
+            unsigned char *s = base + q * slot;
+            const unet2_small_grads sum = q ? unet2_small_grads_at(s + image + GRAD_BYTES) : *g;
+            const unet2_small_grads one = unet2_small_grads_at(s + image);
+            for (int i = q * r; i < (q + 1) * r; ++i) {
+                unet2_small_backward1(p, x + i * xn, grad_y + i * yn, i > q * r ? &one : &sum,
+                                     grad_x + i * xn, s);
+                if (i > q * r)
+                    unet2_small_grads_add(&sum, &one);
+            }
+        }
+        for (int q = 1; q < workers; ++q) {
+            const unet2_small_grads sum = unet2_small_grads_at(base + q * slot + image + GRAD_BYTES);
+            unet2_small_grads_add(g, &sum);
+        }
+    } else {
+        unet2_small_backward1(p, x, grad_y, g, grad_x, base);
+    }
+    const unet2_small_grads one = unet2_small_grads_at(base + image);
+    for (int i = first; i < n; ++i) {
+        unet2_small_backward1(p, x + i * xn, grad_y + i * yn, &one, grad_x + i * xn, base);
+        unet2_small_grads_add(g, &one);
+    }
     return UNET2_SMALL_OK;
 }

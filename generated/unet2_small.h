@@ -20,30 +20,32 @@
 //   base_c: 4
 //   maxpool_backward: pytorch
 //
-// Forward and backward of the U-Net-2 `unet2_small` (SPEC.md semantics) in C99, float, every size
-// a compile-time constant. No allocation: the caller passes a workspace of UNET2_SMALL_WORKSPACE_BYTES
-// bytes (any alignment; it includes 64 bytes of slack used to align it to 64 bytes;
-// a ws that is already 64-byte aligned needs only UNET2_SMALL_WORKSPACE_BYTES - 64).
-// Arrays are contiguous, (C, H, W) without a batch axis; parameters in PyTorch layouts:
-// conv weight (out, in, k, k), transposed-conv weight (in, out, k, k), bias (out).
-// Arrays passed to one call must not overlap each other or the workspace.
-// The functions are reentrant: all state lives in ws (one ws per concurrent call). Besides ws they
-// use at most 1344 bytes of stack per thread for kernel temporaries (plus ordinary frames).
+// Forward and backward of the U-Net-2 `unet2_small` (SPEC.md semantics) in C99, float, for a batch
+// of n images, every image size a compile-time constant. No allocation: the caller passes a
+// workspace of unet2_small_workspace_bytes(n) bytes (UNET2_SMALL_WORKSPACE_BYTES for one image; any
+// alignment: it includes 64 bytes of slack used to align it to 64 bytes).
+// Arrays are contiguous (N, C, H, W); parameters in PyTorch layouts: conv weight (out, in, k, k),
+// transposed-conv weight (in, out, k, k), bias (out). Parameter gradients are summed over the
+// batch. Arrays passed to one call must not overlap each other or the workspace.
+// The functions are reentrant: all state lives in ws (one ws per concurrent call). Small images
+// run in parallel over the batch (OpenMP), large ones one by one with parallel kernels. Besides
+// ws they use at most 1344 bytes of stack per thread for kernel temporaries (plus frames).
 #ifndef UNET2_SMALL_H
 #define UNET2_SMALL_H
 
 #include <stddef.h>
 
 #define UNET2_SMALL_IN_C 1
+#define UNET2_SMALL_OUT_C 2
 #define UNET2_SMALL_IN_H 16
 #define UNET2_SMALL_IN_W 12
-#define UNET2_SMALL_OUT_C 2
 #define UNET2_SMALL_OUT_H 16
 #define UNET2_SMALL_OUT_W 12
-#define UNET2_SMALL_WORKSPACE_BYTES 33472u
+#define UNET2_SMALL_WORKSPACE_BYTES 33472u /* one image: unet2_small_workspace_bytes(1) */
 
 #define UNET2_SMALL_OK 0
 #define UNET2_SMALL_ERR_NULL 1 /* a required pointer argument (or a member of p / g) is NULL */
+#define UNET2_SMALL_ERR_BATCH 2 /* the batch size n is <= 0 */
 
 /* Parameters, in PARAM_SHAPES order; shapes in the comments. */
 typedef struct {
@@ -85,18 +87,21 @@ typedef struct {
     float *out1x1_bias; /* d out1x1.bias (2,) */
 } unet2_small_grads;
 
-/* y = UNet2(p, x); x is (1, 16, 12), y is (2, 16, 12).
-   Returns UNET2_SMALL_OK, or UNET2_SMALL_ERR_NULL. */
-int unet2_small_forward(const unet2_small_params *p, const float *x, float *y, void *ws);
+/* y = UNet2(p, x) for n images; x is (n, 1, 16, 12), y is (n, 2, 16, 12).
+   Returns UNET2_SMALL_OK or an error code (then nothing is written). */
+int unet2_small_forward(const unet2_small_params *p, int n, const float *x, float *y, void *ws);
 
 /* Recomputes the forward pass into ws, then walks the backward graph: writes every parameter
-   gradient into g and dL/dx into grad_x, given grad_y = dL/dy.
-   Returns UNET2_SMALL_OK, or UNET2_SMALL_ERR_NULL. */
-int unet2_small_backward(const unet2_small_params *p, const float *x, const float *grad_y,
+   gradient (summed over the n images) into g and dL/dx (n images) into grad_x, given
+   grad_y = dL/dy. Returns UNET2_SMALL_OK or an error code (then nothing is written). */
+int unet2_small_backward(const unet2_small_params *p, int n, const float *x, const float *grad_y,
                         unet2_small_grads *g, float *grad_x, void *ws);
 
-/* UNET2_SMALL_WORKSPACE_BYTES, for callers that load the library dynamically. */
-size_t unet2_small_workspace_bytes(void);
+/* Bytes of ws for a batch of n images (0 when the arguments are invalid). */
+size_t unet2_small_workspace_bytes(int n);
+
+/* What a return code means (one line). */
+const char *unet2_small_strerror(int code);
 
 /* The build id: a hash of this header and unet2_small.c as emitted (64 hex digits); unet2_small_c.py
    checks that a compiled library is the one it was generated with. */

@@ -29,9 +29,11 @@ of source, header, compiler, its version, the flags used and the machine. The .h
 ones this module was emitted with (SOURCE_SHA256); a cached library is checked (its bytes against
 the digest recorded beside it, its unet2_small_build_id() against BUILD_ID) and rebuilt once when
 it fails. Every environment problem (compiler, flags, cache directory, files) raises ImportError
-with one line starting "unetc:". Same API as the NumPy target: PARAM_SHAPES, init_params(seed=0),
-forward(params, x) -> y, backward(params, x, grad_output) -> (grads, grad_x). Arrays are (C, H, W),
-dtype float32. Needs only numpy and the standard library.
+with one line starting "unetc:"; compiling prints one line on stderr. Same API as the NumPy target:
+PARAM_SHAPES, init_params(seed=0), forward(params, x) -> y, backward(params, x, grad_output) ->
+(grads, grad_x). Arrays are one image (C, H, W) or a batch (N, C, H, W) of any N >= 1, dtype
+float32; parameter gradients are summed over the batch, grad_x is shaped like x.
+Needs only numpy and the standard library.
 """
 import ctypes
 import hashlib
@@ -119,9 +121,72 @@ def _check_params(params):
         _check_array(f"params[{name!r}]", params[name], shape)
 
 
-WORKSPACE_BYTES = 33472
-BUILD_ID = "bcf5ae8d9ae43765b734237beed13e291ceaf6a09bcf872ca515ec3d90a79e72"  # what unet2_small_build_id() of the library must return
-SOURCE_SHA256 = "36f32fa226e1dcf5f81cbf6c8bdc8b42224b9d12efc856e88c6bb8c6f623f7aa"  # sha256 of unet2_small.h, a NUL byte and unet2_small.c as emitted
+def _batch_size(name, a, shape):
+    """Check a: one image of ``shape`` (C, H, W) -> None, or a batch (N, C, H, W) of them -> N
+    (N >= 1); anything else is a ValueError naming ``name``."""
+    if isinstance(a, np.ndarray) and not isinstance(a, np.ma.MaskedArray) and a.ndim == len(shape) + 1:
+        if a.dtype != DTYPE:
+            raise ValueError(f"{name}: expected dtype {np.dtype(DTYPE).name}, got {a.dtype}")
+        if a.shape[1:] != tuple(shape):
+            raise ValueError(f"{name}: expected shape (N, {', '.join(map(str, shape))}), got {a.shape}")
+        if a.shape[0] < 1:
+            raise ValueError(f"{name}: empty batch (N = 0), expected N >= 1")
+        return a.shape[0]
+    _check_array(name, a, tuple(shape))
+    return None
+
+
+def _check_like(name, a, shape, n):
+    """Check a: one image of ``shape`` when n is None, else a batch of n of them (like x)."""
+    _check_array(name, a, tuple(shape) if n is None else (n, *shape))
+
+
+def save_params(path, params):
+    """Write params (the keys of PARAM_SHAPES, dtype DTYPE: checked first) to the .npz file path,
+    atomically (a temporary file in the same directory, then renamed)."""
+    import os
+    import tempfile
+
+    _check_params(params)
+    path = os.fspath(path)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".params-", suffix=".npz.tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **{k: np.ascontiguousarray(params[k]) for k in PARAM_SHAPES})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_params(path):
+    """The params dict stored in the .npz file path (by save_params, or np.savez with the keys of
+    PARAM_SHAPES). ValueError naming the file and the culprit: unreadable, a missing or unexpected
+    key, a wrong shape or dtype (no conversion)."""
+    import zipfile
+
+    try:
+        f = np.load(path, allow_pickle=False)
+        if not hasattr(f, "files"):
+            raise ValueError("not an .npz archive")
+        with f:
+            keys = list(f.files)
+            params = {k: f[k] for k in keys if k in PARAM_SHAPES}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise ValueError(f"{path}: cannot load parameters: {err}") from None
+    extra = [k for k in keys if k not in PARAM_SHAPES]
+    try:
+        if extra:
+            raise ValueError(f"params: unexpected key {extra[0]!r}")
+        _check_params(params)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    return {k: params[k] for k in PARAM_SHAPES}
+
+
+WORKSPACE_BYTES = 33472  # one image: unet2_small_workspace_bytes(1)
+BUILD_ID = "38024493334740dd0650acfe8d666cce75cc1d527d1fb68fb8a26ae3e0a1ee53"  # what unet2_small_build_id() of the library must return
+SOURCE_SHA256 = "e6f93d54cf494f6990cf7341398abeb9e33de5205bed9efe02851d9188e201bd"  # sha256 of unet2_small.h, a NUL byte and unet2_small.c as emitted
 DEFAULT_CFLAGS = "-O3 -march=native -ffp-contract=fast -fopenmp -std=c99"
 FALLBACK_CFLAGS = "-O3 -std=c99"  # when a trivial file does not build with the defaults (no OpenMP, no -march=native)
 STALE_SECONDS = 3600  # temporary files of the cache older than this are left over from a killed build
@@ -264,6 +329,8 @@ def _compile(cc, flags, lib, cache):
     """Compile unet2_small.c with flags into lib (via a temporary file), recording its digest.
     The flags built a trivial file: a failure here is a unetc bug, reported with the first errors."""
     def build(tmp):
+        print(f"unetc: compiling unet2_small.c with {' '.join(cc + flags)} (once; cached in {cache})",
+              file=sys.stderr)
         status, output = _run(cc + flags + ["-I", _HERE, "-o", tmp, _SOURCE])
         if status != 0:
             raise ImportError(f"unetc: bug: {_SOURCE} does not compile with {' '.join(cc + flags)} "
@@ -381,14 +448,21 @@ class _Params(ctypes.Structure):
     ]
 
 
-_lib.unet2_small_forward.argtypes = [ctypes.POINTER(_Params), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+_HW = [ctypes.c_int, ctypes.c_int] if False else []  # the sizes h, w of the C API
+_lib.unet2_small_forward.argtypes = [ctypes.POINTER(_Params), ctypes.c_int, *_HW, ctypes.c_void_p, ctypes.c_void_p,
+                                    ctypes.c_void_p]
 _lib.unet2_small_forward.restype = ctypes.c_int
-_lib.unet2_small_backward.argtypes = [ctypes.POINTER(_Params), ctypes.c_void_p, ctypes.c_void_p,
+_lib.unet2_small_backward.argtypes = [ctypes.POINTER(_Params), ctypes.c_int, *_HW, ctypes.c_void_p, ctypes.c_void_p,
                                      ctypes.POINTER(_Params), ctypes.c_void_p, ctypes.c_void_p]
 _lib.unet2_small_backward.restype = ctypes.c_int
+_lib.unet2_small_workspace_bytes.argtypes = [ctypes.c_int, *_HW]
 _lib.unet2_small_workspace_bytes.restype = ctypes.c_size_t
-if _lib.unet2_small_workspace_bytes() != WORKSPACE_BYTES:
+_lib.unet2_small_strerror.argtypes = [ctypes.c_int]
+_lib.unet2_small_strerror.restype = ctypes.c_char_p
+if _lib.unet2_small_workspace_bytes(1) != WORKSPACE_BYTES:
     raise ImportError(f"unetc: {LIBRARY_PATH} does not match this module (workspace size differs)")
+IN_C, OUT_C = 1, 2
+_BATCH_MAX = 2**31 - 1  # the C API's n is an int
 _local = threading.local()
 _GRAD_SLOTS, _GRAD_SIZE = {}, 0  # name -> (offset, size, shape) in the one gradient buffer
 _LINE = 64 // np.dtype(DTYPE).itemsize  # elements per 64 bytes: every slot starts 64-byte aligned
@@ -398,10 +472,12 @@ for _k, _s in PARAM_SHAPES.items():
     _GRAD_SIZE += -(-_n // _LINE) * _LINE
 
 
-def _workspace():
+def _workspace(n, *hw):
+    """This thread's workspace, grown to unet2_small_workspace_bytes(n) bytes."""
+    nbytes = _lib.unet2_small_workspace_bytes(n, *hw)
     ws = getattr(_local, "ws", None)
-    if ws is None:
-        ws = _local.ws = np.empty(WORKSPACE_BYTES, dtype=np.uint8)
+    if ws is None or ws.size < nbytes:
+        ws = _local.ws = np.empty(nbytes, dtype=np.uint8)
     return ws
 
 
@@ -433,36 +509,52 @@ def _c_array(a):
     return a if flags.c_contiguous and flags.aligned else np.array(a, order="C")
 
 
+def _c_batch(name, a, shape):
+    """The batch size of a, a batch (N, *shape) with N >= 1, or None for one image `shape`;
+    ValueError naming the argument otherwise."""
+    if isinstance(a, np.ndarray) and a.ndim == len(shape) + 1:
+        _check_array(name, a, (a.shape[0], *shape))
+        if not 1 <= a.shape[0] <= _BATCH_MAX:
+            raise ValueError(f"{name}: the batch size N = {a.shape[0]} must be between 1 and {_BATCH_MAX}")
+        return a.shape[0]
+    _check_array(name, a, shape)
+    return None
+
+
 def _call(fn, *args):
     rc = fn(*args)
     if rc != 0:
-        raise RuntimeError(f"unetc: {fn.__name__} returned {rc}: {_ERRORS.get(rc, 'unknown error')}")
+        raise RuntimeError(f"unetc: {fn.__name__} returned {rc}: {_lib.unet2_small_strerror(rc).decode()}")
 
 
 def forward(params, x):
-    """y = UNet2(params, x); x has shape IN_SHAPE, y has shape OUT_SHAPE."""
+    """y = UNet2(params, x). x: one image (C, H, W) or a batch (N, C, H, W), any N >= 1;
+    y: the output, with the batch axis when x has one."""
     _check_params(params)
-    _check_array("x", x, IN_SHAPE)
+    hw, shape = (), OUT_SHAPE
+    n = _c_batch("x", x, IN_SHAPE)
     p = {k: _c_array(params[k]) for k in PARAM_SHAPES}
     x = _c_array(x)
-    y = np.empty(OUT_SHAPE, dtype=DTYPE)
-    _call(_lib.unet2_small_forward, ctypes.byref(_param_struct(p)), x.ctypes.data, y.ctypes.data,
-          _workspace().ctypes.data)
+    y = np.empty(shape if n is None else (n, *shape), dtype=DTYPE)
+    _call(_lib.unet2_small_forward, ctypes.byref(_param_struct(p)), n or 1, *hw, x.ctypes.data, y.ctypes.data,
+          _workspace(n or 1, *hw).ctypes.data)
     return y
 
 
 def backward(params, x, grad_output):
-    """Recompute the forward pass, then walk back. Returns (grads, grad_x); grads has the keys
-    of PARAM_SHAPES (the gradient of each parameter: C-contiguous views of one buffer, new on
-    every call), grad_x = dL/dx."""
+    """Recompute the forward pass, then walk back. x and grad_output: one image, or batches of the
+    same N. Returns (grads, grad_x); grads has the keys of PARAM_SHAPES (the gradient of each
+    parameter summed over the batch: C-contiguous views of one buffer, new on every call),
+    grad_x = dL/dx, shaped like x."""
     _check_params(params)
-    _check_array("x", x, IN_SHAPE)
-    _check_array("grad_output", grad_output, OUT_SHAPE)
+    hw, shape = (), OUT_SHAPE
+    n = _c_batch("x", x, IN_SHAPE)
+    _check_array("grad_output", grad_output, shape if n is None else (n, *shape))
     p = {k: _c_array(params[k]) for k in PARAM_SHAPES}
     x = _c_array(x)
     gy = _c_array(grad_output)
     grads, gstruct = _new_grads()
-    gx = np.empty(IN_SHAPE, dtype=DTYPE)
-    _call(_lib.unet2_small_backward, ctypes.byref(_param_struct(p)), x.ctypes.data, gy.ctypes.data,
-          ctypes.byref(gstruct), gx.ctypes.data, _workspace().ctypes.data)
+    gx = np.empty(x.shape, dtype=DTYPE)
+    _call(_lib.unet2_small_backward, ctypes.byref(_param_struct(p)), n or 1, *hw, x.ctypes.data, gy.ctypes.data,
+          ctypes.byref(gstruct), gx.ctypes.data, _workspace(n or 1, *hw).ctypes.data)
     return grads, gx

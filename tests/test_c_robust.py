@@ -424,7 +424,7 @@ def test_dense_testbench_fails_on_one_wrong_weight_gradient_entry(tmp_path):
     paths = emit(cfg, "c", tmp_path, testbench=True)
     main = next(p for p in paths if p.name.endswith("_main.c"))
     text = main.read_text()
-    hook = "    if (rb_dense_forward(NULL, x, y, ws)"
+    hook = "    if (rb_dense_forward(NULL, 1, x, y, ws)"
     assert hook in text and "static const double want_d_up1_1_weight[36]" in text
     main.write_text(text.replace(hook, "    if (worst > 1e-4) {\n        printf(\"FAIL before\\n\");\n        return 1;\n    }\n"
                                        "    d_up1_1_weight[7] += 1.0f;\n    check(\"again\", d_up1_1_weight, 162, "

@@ -111,3 +111,12 @@ def test_stride2_conv_is_unsatisfiable():
     r = check(Config(conv_stride=2))
     assert not r.ok and r.valid["in_h"].empty
     assert next(c for c in r.constraints if c.name == "h_convH").valid.progressions() == [(1, 0)]
+
+
+def test_large_tensor_warning_and_limits():
+    """A forward tensor of 2^31 elements or more is named (channel counts are Python ints)."""
+    r = check(Config(base_c=128, in_h=4096, in_w=4096))
+    assert r.ok and r.warnings == ["tensor merged has 4,294,967,296 elements (>= 2^31): "
+                                   "32-bit indexing cannot address it"]
+    assert check(Config(base_c=64, in_h=128, in_w=128)).warnings == []
+    assert r.limits == {"geometry": 2 ** 20, "period": 2 ** 22, "span": 2 ** 23}

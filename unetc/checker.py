@@ -190,7 +190,7 @@ def _layers(g: Graph) -> list[Layer]:
 def _warnings(g: Graph, n_layers: int) -> list[str]:
     """At concrete sizes: the largest forward tensor when it has 2^31 elements or more."""
     sizes = {t: int(sp.prod(g.raw[op.output])) for op in g.ops[:n_layers] for t in [op.output]
-             if all(getattr(d, "is_Integer", False) for d in g.raw[op.output])}
+             if all(isinstance(d, int) or getattr(d, "is_Integer", False) for d in g.raw[op.output])}
     if not sizes or max(sizes.values()) < LARGE_TENSOR:
         return []
     name = max(sizes, key=lambda t: sizes[t])

@@ -99,7 +99,7 @@ def _workspace(report) -> str | None:
     if not report.ok or cfg.symbolic:
         return None
     if cfg.in_h * cfg.in_w * cfg.base_c > WORKSPACE_GUARD:
-        return f"not computed for in_h*in_w*base_c > 2^24 (planning it takes time at this size)"
+        return "not computed for in_h*in_w*base_c > 2^24 (planning it takes time at this size)"
     from .errors import EmitError
     from .specialize import specialize
     from .targets.c_target import workspace_bytes

@@ -254,10 +254,12 @@ def test_build_compiles_every_loader(capsys, tmp_path, tmp_config, monkeypatch):
     assert code == 2 and err.endswith("bad_c.py: build failed: no compiler here\n") and err.count("\n") == 1
 
 
-def test_warnings_and_skipped_workspace_are_shown(capsys, tmp_config):
+def test_warnings_and_workspace_limits_are_shown(capsys, tmp_config):
     cfg = tmp_config("base_c: 128\n")
     code, out, _ = call(capsys, "check", cfg, "--size", "4096x4096")
     assert code == 0 and "\nwarning: tensor merged has 4,294,967,296 elements (>= 2^31)" in out
-    assert "C target workspace: not computed for in_h*in_w*base_c > 2^24" in out
     obj = json.loads(call(capsys, "check", cfg, "--size", "4096x4096", "--json")[1])
-    assert obj["warnings"] and obj["workspace_bytes"] is None and "2^24" in obj["workspace_note"]
+    assert obj["warnings"] and obj["workspace_bytes"] > 2 ** 35 and obj["workspace_note"] is None
+    huge = tmp_config("base_c: 65536\n", "huge.yaml")
+    code, out, _ = call(capsys, "check", huge, "--size", "1000000x1000000")
+    assert code == 0 and "C target workspace: none: C target limit:" in out and "2^46" in out

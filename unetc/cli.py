@@ -24,7 +24,6 @@ COMMANDS = """commands:
 run 'unetc COMMAND --help' for the options of a command"""
 
 SIZE_HELP = "bind the input size: HxW, e.g. 128x128, 128X128 or 128,128 (overrides in_h/in_w)"
-WORKSPACE_GUARD = 2 ** 24  # in_h*in_w*base_c above this: the C workspace is not computed (see cmd_check)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -93,21 +92,24 @@ def cmd_check(args) -> int:
 
 
 def _workspace(report) -> str | None:
-    """Set report.workspace_bytes (the C target's, for a valid config at concrete sizes); or a
-    note saying why not. Skipped above WORKSPACE_GUARD while its cost still grows with H*W."""
+    """Set report.workspace_bytes (the C target's, for a valid config at concrete sizes; its plan
+    costs O(layers), whatever the size); or a note saying why there is none."""
     cfg = report.config
     if not report.ok or cfg.symbolic:
         return None
-    if cfg.in_h * cfg.in_w * cfg.base_c > WORKSPACE_GUARD:
-        return "not computed for in_h*in_w*base_c > 2^24 (planning it takes time at this size)"
     from .errors import EmitError
     from .specialize import specialize
-    from .targets.c_target import workspace_bytes
+    from .targets.c_target import MAX_BYTES, check_limits, workspace_bytes
 
     try:
-        report.workspace_bytes = workspace_bytes(specialize(cfg, report))
+        sp = specialize(cfg, report)
+        check_limits(sp)
+        ws = workspace_bytes(sp)
     except EmitError as err:
-        return f"none: the C target refuses this config ({err})"
+        return f"none: {err}"
+    if ws > MAX_BYTES:
+        return f"none: C target limit: the workspace would need {ws:,} bytes, more than 2^46"
+    report.workspace_bytes = ws
     return None
 
 

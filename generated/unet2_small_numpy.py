@@ -172,7 +172,11 @@ def load_params(path):
 # kernel offsets ----
 
 _POOL = threading.local()
-_KEEP_BATCH_SIZES = 2  # work arrays are kept for the batch sizes of this many most recent calls
+_KEEP_BATCH_SIZES = 3  # work arrays are kept for the batch sizes of this many most recent chunks
+# A batch runs in chunks of about this many input pixels (N * H * W), at least one image each:
+# small images share one matmul per conv for the whole batch; large ones (whose arrays outgrow
+# the caches, measured slower per image in one big chunk) run a few images at a time.
+_CHUNK_PIXELS = 16384
 
 
 def _use_pool(n):
@@ -185,6 +189,12 @@ def _use_pool(n):
     _POOL.arrays = pools[n]
 
 
+def _chunks(n, pixels):
+    """The slices of a batch of n images of ``pixels`` pixels each that run together."""
+    step = max(1, _CHUNK_PIXELS // pixels)
+    return [slice(lo, min(lo + step, n)) for lo in range(0, n, step)]
+
+
 def _buffer(tag, shape, dtype=DTYPE):
     """A work array kept per thread between calls (fresh large arrays cost page faults); never
     returned to the caller. One array per (tag, shape)."""
@@ -195,15 +205,14 @@ def _buffer(tag, shape, dtype=DTYPE):
     return a
 
 
-def _channels_first(a, n):
-    """One (C, H, W) image (n None) or an (N, C, H, W) batch -> the (C, N, H, W) layout of the kernels."""
-    return a[:, None] if n is None else np.ascontiguousarray(a.transpose(1, 0, 2, 3))
+def _channels_first(a):
+    """An (N, C, H, W) batch -> the (C, N, H, W) layout of the kernels (no copy for N = 1)."""
+    return np.ascontiguousarray(a.transpose(1, 0, 2, 3))
 
 
-def _batch_first(a, n):
-    """A result of the kernels (C, N, H, W) -> (C, H, W) for one image (n None), else (N, C, H, W)."""
-    a = a.transpose(1, 0, 2, 3)
-    return a[0] if n is None else a
+def _batch_first(a):
+    """A fresh result of the kernels (C, N, H, W) -> (N, C, H, W) (no copy: see _result)."""
+    return a.transpose(1, 0, 2, 3)
 
 
 def _at(a, i, j, s, ho, wo):
@@ -488,9 +497,14 @@ def forward(params, x):
     y: OUT_SHAPE, with the batch axis when x has one."""
     _check_params(params)
     n = _batch_size("x", x, IN_SHAPE)
-    _use_pool(n or 1)
-    y = _forward(params, _channels_first(x, n), n or 1)[0]
-    return _batch_first(y, n)
+    xb = x[None] if n is None else x
+    ys = []
+    for part in _chunks(xb.shape[0], xb.shape[2] * xb.shape[3]):
+        m = part.stop - part.start
+        _use_pool(m)
+        ys.append(_batch_first(_forward(params, _channels_first(xb[part]), m)[0]))
+    y = ys[0] if len(ys) == 1 else np.concatenate(ys)
+    return y[0] if n is None else y
 
 
 def backward(params, x, grad_output):
@@ -500,11 +514,21 @@ def backward(params, x, grad_output):
     _check_params(params)
     n = _batch_size("x", x, IN_SHAPE)
     _check_like("grad_output", grad_output, OUT_SHAPE, n)
-    N = n or 1
+    xb, gb = (x[None], grad_output[None]) if n is None else (x, grad_output)
+    grads, gxs = None, []
+    for part in _chunks(xb.shape[0], xb.shape[2] * xb.shape[3]):
+        g, gx = _backward(params, xb[part], gb[part], part.stop - part.start)
+        grads = g if grads is None else {k: np.add(grads[k], g[k], out=grads[k]) for k in grads}
+        gxs.append(gx)
+    gx = gxs[0] if len(gxs) == 1 else np.concatenate(gxs)
+    return grads, gx[0] if n is None else gx
+
+
+def _backward(p, x, grad_output, N):
+    """backward of one chunk: x, grad_output (N, C, H, W) -> (grads, grad_x (N, C, H, W))."""
     _use_pool(N)
-    p = params
-    x = _channels_first(x, n)
-    grad_y = _channels_first(grad_output, n)
+    x = _channels_first(x)
+    grad_y = _channels_first(grad_output)
     cols = {}
     _POOL.widened = None  # _widen's memo never outlives one call (the caller may reuse grad_output)
     _, (s1, skip1, pooled, b1, bottleneck, merged, u1, u2,) = _forward(p, x, N, cols)
@@ -560,4 +584,4 @@ def backward(params, x, grad_output):
         "out1x1.weight": d_out1x1_weight,
         "out1x1.bias": d_out1x1_bias,
     }
-    return grads, _batch_first(d_x__down1_1, n)
+    return grads, _batch_first(d_x__down1_1)

@@ -140,7 +140,8 @@ def test_vectorised_over_the_batch(case, emitted, monkeypatch):
     counts = {}
     for n in (1, 5):
         x, gy = batch_inputs(mod, n, seed=n)
-        mod.backward(params, x, gy)  # warm the work arrays of this size
+        mod.forward(params, x)  # warm the work arrays of this size
+        mod.backward(params, x, gy)
         c: dict = {}
         monkeypatch.setattr(mod, "np", _Counting(c))
         mod.forward(params, x)
@@ -202,6 +203,21 @@ def test_batch_api_errors(emitted):
         with pytest.raises(ValueError) as err:
             call()
         assert str(err.value) == message
+
+
+@pytest.mark.parametrize("case", ["default", "conv5", "stride2_1x1"])
+def test_large_batches_run_in_chunks(case, emitted, monkeypatch):
+    """A batch larger than _CHUNK_PIXELS runs in chunks (here 2 + 2 + 1 images): results as torch's."""
+    cfg = dataclasses.replace(CONFIG_MATRIX[case], dtype="float64")
+    mod = emitted(cfg)
+    monkeypatch.setattr(mod, "_CHUNK_PIXELS", 2 * cfg.in_h * cfg.in_w + cfg.in_h * cfg.in_w // 2)
+    assert [(s.start, s.stop) for s in mod._chunks(5, cfg.in_h * cfg.in_w)] == [(0, 2), (2, 4), (4, 5)]
+    params = mod.init_params(6)
+    x, gy = batch_inputs(mod, 5, seed=8)
+    errs = errors_vs_torch(mod, cfg, params, x, gy)
+    assert max(errs.values()) <= TOL["float64"], errs
+    errs = errors_vs_torch(mod, cfg, params, x[0], gy[0])  # one image: one chunk
+    assert max(errs.values()) <= TOL["float64"], errs
 
 
 def test_results_are_fresh_across_batch_sizes(emitted):

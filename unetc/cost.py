@@ -59,13 +59,23 @@ def pytorch_shapes(g: Graph) -> tuple[dict[str, Shape], str | None]:
     shapes: dict[str, Shape] = {"x": g.shapes["x"]}
     broken = None
     for op in g.ops:
-        ins = [shapes[t] for t in op.inputs]
-        try:
-            shapes[op.output] = tuple(op.infer(ins))
-        except ShapeError:
-            broken = broken or op.name
-            shapes[op.output] = (sum(s[0] for s in ins),) + tuple(ins[0][1:])
+        shapes[op.output], refused = real_infer(op, [shapes[t] for t in op.inputs])
+        broken = broken or (op.name if refused else None)
     return shapes, broken
+
+
+def real_infer(op, ins: list[Shape]) -> tuple[Shape, bool]:
+    """(output shape PyTorch computes, whether a concat refuses its inputs at every size). A concat
+    compares its inputs' sizes by their difference (no ``simplify``: that took seconds for nested
+    strided floors); after a refused concat, shapes follow its first input."""
+    if isinstance(op, Concat):
+        refused = any((a - b).is_number and a != b
+                      for a, b in zip(map(sp.sympify, ins[0][1:]), map(sp.sympify, ins[1][1:])))
+        return (sum(s[0] for s in ins),) + tuple(ins[0][1:]), refused
+    try:
+        return tuple(op.infer(ins)), False
+    except ShapeError:
+        return (sum(s[0] for s in ins),) + tuple(ins[0][1:]), True
 
 
 def first_break(g: Graph, shapes: dict[str, Shape], subs: dict) -> tuple[str, str] | None:

@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING
 import sympy as sp
 
 from .config import Config
-from .cost import first_break, pytorch_shapes, symbolic_graph
-from .errors import ShapeError
+from .cost import first_break, pytorch_shapes, real_infer, symbolic_graph
 from .graph import Graph
 from .ops import Conv2d, ConvTranspose2d, MaxPool2d, Relu, Shape
 from .render import render, safe_comment_text
@@ -77,11 +76,7 @@ def _display_shapes(g: Graph, subs: dict) -> tuple[dict[str, Shape], list[tuple[
 
     shown: dict[str, Shape] = {"x": tuple(sp.sympify(n).subs(subs) for n in g.shapes["x"])}
     for op in g.ops:
-        ins = [shown[t] for t in op.inputs]
-        try:
-            out = op.infer(ins)
-        except ShapeError:  # a concat PyTorch refuses: follow its first input
-            out = (sum(s[0] for s in ins),) + tuple(ins[0][1:])
+        out, _ = real_infer(op, [shown[t] for t in op.inputs])
         shown[op.output] = (out[0], short(out[1], str(g.h)), short(out[2], str(g.w)))
     return shown, defs
 

@@ -5,6 +5,11 @@ Concrete sizes print as literals (the fast path, as before). A symbolic axis pri
 expression of its size in the input size H or W (:class:`unetc.sympy_print.PyIntPrinter`); the
 module reads H, W from x.shape at call time and first checks them against the checker's exact
 valid set (``VALID_SIZES``), explaining a failure as the checker does (``py_sizes.j2``).
+
+Batches: activations are laid out (C, N, H, W) inside the module (:func:`batched_src` adds the
+batch size N, read from x at call time, to every activation shape), so that each convolution is
+one matmul over the columns of all N images; forward/backward take one image (C, H, W) or a
+batch (N, C, H, W) and sum parameter gradients over the batch.
 """
 from __future__ import annotations
 

@@ -247,7 +247,8 @@ def test_fallback_only_for_unusable_flags_with_a_note(tiny_dir, tmp_path):
                             f'command-line option -fopenmp" >&2; exit 1; }}; done; exec {CC} "$@"')
     r = _import(tiny_dir, _env(tmp_path / "cache", CC=cc, UNETC_CFLAGS=None))
     _ok(r)
-    notes = [ln for ln in r.stderr.splitlines() if ln.startswith("unetc:")]
+    notes = [ln for ln in r.stderr.splitlines() if ln.startswith("unetc:") and not ln.startswith("unetc: compiling ")]
+    assert "unetc: compiling rb.c with " in r.stderr and "-O3 -std=c99 -fPIC -shared (once; cached in " in r.stderr
     assert len(notes) == 1 and "-fopenmp" in notes[0] and "not usable with" in notes[0], r.stderr
     assert "unrecognized command-line option -fopenmp" in notes[0] and notes[0].endswith("using -O3 -std=c99 -fPIC -shared")
 
@@ -260,7 +261,7 @@ def test_generated_code_errors_are_never_retried(tiny_dir, tmp_path):
     code = f"import sys; sys.path.insert(0, {str(tiny_dir)!r})\ntry:\n import rb_c\nexcept ImportError as e:\n print(e)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        env=_env(tmp_path / "cache", CC=cc, UNETC_CFLAGS=None))
-    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert r.returncode == 0 and r.stderr.startswith("unetc: compiling rb.c with ") and r.stderr.count("\n") == 1, r.stderr
     assert r.stdout.startswith("unetc: bug: ") and "rb.c:1:1: error: planted" in r.stdout and r.stdout.count("\n") == 1
 
 
@@ -333,7 +334,7 @@ def test_misaligned_arrays_reach_c_aligned(tiny_mod, monkeypatch):
     real_call = mod._call
 
     def spy(fn, *args):
-        seen.extend(a for a in args if isinstance(a, int))
+        seen.extend(a for a in args if isinstance(a, int) and a > 1 << 20)  # addresses (not n)
         seen.extend(getattr(a._obj, f) for a in args if hasattr(a, "_obj") for f, _ in a._obj._fields_)
         return real_call(fn, *args)
 

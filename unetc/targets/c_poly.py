@@ -91,15 +91,20 @@ def errors(sp: Specialized) -> list[tuple[str, str]]:
 
 def context(sp: Specialized, fwd: Phase, bwd: Phase, esize: int) -> dict:
     """Template context of the polymorphic parts of the C source (``poly``)."""
+    return {"layout": layout_lines(sp, fwd, bwd, esize), "nf": len(fwd.order), "nb": len(bwd.order),
+            "errors": errors(sp), "max_pixels": max_pixels(sp, fwd, bwd, esize), **context_checks(sp)}
+
+
+def context_checks(sp: Specialized) -> dict:
+    """The size checks: per axis its valid progressions and error code (``axes``), per hypothesis
+    on a symbolic axis in the checker's order the sizes where it holds and its code (``checks``)."""
     codes = {m: k for k, (m, _) in enumerate(errors(sp))}
     axes = [{"axis": a, "var": "hw"[i], "err": codes[f"ERR_{a.upper()}"],
              "valid": sp.valid[a].progressions() if a in sp.symbols else [(int(sp.in_shape[1 + i]), 0)]}
             for i, a in enumerate(AXES)]
     checks = [{"var": "hw"[AXES.index(c.axis)], "valid": c.valid.progressions(), "err": codes[f"ERR_{c.name.upper()}"],
                "name": c.name} for c in sp.report.constraints if c.axis in sp.symbols]
-    return {"layout": layout_lines(sp, fwd, bwd, esize), "nf": len(fwd.order), "nb": len(bwd.order),
-            "errors": errors(sp), "axes": axes, "checks": checks, "max_pixels": max_pixels(sp, fwd, bwd, esize),
-            "too_large": codes["ERR_TOO_LARGE"]}
+    return {"axes": axes, "checks": checks, "too_large": codes["ERR_TOO_LARGE"]}
 
 
 def py_size_context(sp: Specialized) -> dict:
@@ -107,3 +112,21 @@ def py_size_context(sp: Specialized) -> dict:
     from .numpy_target import _size_context
 
     return _size_context(sp)
+
+
+def _member(progs: list[tuple[int, int]], v: int) -> bool:
+    return any(v == a if d == 0 else v >= a and (v - a) % d == 0 for a, d in progs)
+
+
+def error_code(sp: Specialized, h: int, w: int) -> int:
+    """The code <name>_check_sizes(h, w) returns (0: valid), computed the same way in Python."""
+    ctx = context_checks(sp)
+    for a, v in zip(ctx["axes"], (h, w)):
+        if v < 1:
+            return a["err"]
+    if all(_member(a["valid"], v) for a, v in zip(ctx["axes"], (h, w))):
+        return 0
+    for c in ctx["checks"]:
+        if not _member(c["valid"], h if c["var"] == "h" else w):
+            return c["err"]
+    return ctx["axes"][1]["err"] if _member(ctx["axes"][0]["valid"], h) else ctx["axes"][0]["err"]

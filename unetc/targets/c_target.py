@@ -24,7 +24,7 @@ from . import c_poly
 from .c_plan import Phase, plans, stack_above, verify  # noqa: F401  (re-exported for tests)
 from .c_sizes import ALIGN, cx, is_const, numel, rup
 from .c_steps import HELPERS, RING_BYTES, conv_allocs, kernel, phase_context, signature  # noqa: F401
-from .c_testbench import TB_DENSE_PIXELS, testbench_context  # noqa: F401
+from .c_testbench import TB_DENSE_PIXELS, poly_testbench_context, testbench_context  # noqa: F401
 from .numpy_target import init_bounds
 
 BATCH_SLOTS = 16  # at most this many images in flight (workspace slots) when the batch runs in parallel
@@ -209,5 +209,6 @@ def files(sp: Specialized, testbench: bool = False) -> dict[str, str]:
                                sizes=c_poly.py_size_context(sp) if sp.symbolic else {}),
     }
     if testbench:
-        out[f"{name}_main.c"] = render("c_main.c.j2", **common, **testbench_context(sp))
+        tb = poly_testbench_context(sp) if sp.symbolic else testbench_context(sp)
+        out[f"{name}_main.c"] = render("c_main.c.j2", **common, **tb)
     return out

@@ -189,3 +189,31 @@ def testbench_context(sp: Specialized) -> dict:
             "inputs": [{"var": nm, "n": _numel(shape), "seed": seed, "scale": float(2.0 ** -(23 + e)).hex(),
                         "shape": shape} for nm, shape, seed, e in ref.inputs],
             "checks": ctx_checks}
+
+
+def poly_testbench_context(sp: Specialized) -> dict:
+    """Template context of c_main.c.j2 for a size-polymorphic sp: the specialised testbench's
+    checks at the smallest valid size and a slightly larger one (both with dense data when
+    possible), and the smallest invalid size with the error code it must give."""
+    from ..specialize import specialize
+    from .c_poly import error_code
+
+    cfg = sp.config
+    hs, ws = sp.valid["in_h"].first(3), sp.valid["in_w"].first(3)
+    fixed = {a: int(sp.in_shape[1 + i]) for i, a in enumerate(("in_h", "in_w")) if a not in sp.symbols}
+    hs, ws = ([fixed["in_h"]] if "in_h" in fixed else hs), ([fixed["in_w"]] if "in_w" in fixed else ws)
+    cases, dense = [], None
+    for h, w in dict.fromkeys([(hs[0], ws[0]), (hs[-1], ws[len(ws) // 2])]):
+        csp = specialize(cfg.with_sizes(h, w))
+        ctx = testbench_context(csp)
+        if dense is not None and ctx["batch"] != dense:
+            continue  # the parameters are filled alike only when both sizes are dense (or both not)
+        dense, inputs = ctx["batch"], {a["var"]: a for a in ctx["inputs"]}
+        cases.append({"h": h, "w": w, "xn": _numel(csp.in_shape), "yn": _numel(csp.out_shape),
+                      "in_shape": csp.in_shape, "out_shape": csp.out_shape, "patch": ctx["patch"],
+                      "x_scale": inputs["x"]["scale"], "gy_scale": inputs["grad_y"]["scale"], "checks": ctx["checks"],
+                      "params_fill": [a for a in ctx["inputs"] if a["var"].startswith("param_")]})
+    bad_h = sp.valid["in_h"].smallest_missing() if "in_h" in sp.symbols else fixed["in_h"] + 1
+    bad = (bad_h or 0, cases[0]["w"])
+    return {"cases": cases, "params_fill": cases[0]["params_fill"], "tol": ctx["tol"], "samples": ctx["samples"],
+            "mix_seed": ctx["mix_seed"], "bad": {"h": bad[0], "w": bad[1], "code": error_code(sp, *bad), "xn": 16, "yn": 16}}

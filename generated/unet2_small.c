@@ -30,7 +30,7 @@
 
 #define ALIGN 64
 #define BATCH_SLOTS 16 /* at most this many images in flight when the batch runs in parallel */
-#define BATCH_IMAGE_MAX 4194304u /* bytes of one image's slot up to which it does */
+#define BATCH_BYTES 268435456u /* ... and at most this many bytes of slots (at least one slot) */
 #define GRAD_BYTES 7040u /* one set of parameter gradients, each 64-byte aligned */
 
 static inline size_t unetc_zmax(size_t a, size_t b)
@@ -894,11 +894,13 @@ static void k49_conv2d_grad_input_down1_1(const float *restrict dy, const float 
 }
 
 
-/* Workspace slots for a batch of n images whose slot is `slot` bytes: 1 (images one by one) or
-   up to BATCH_SLOTS (images in parallel over the batch) */
+/* Workspace slots for a batch of n images whose slot is `slot` bytes: min(n, BATCH_SLOTS, the
+   slots that fit in BATCH_BYTES), at least 1 (1: images one by one, kernels in parallel) */
 static int unet2_small_slots(int n, size_t slot)
 {
-    return n <= 1 || slot > BATCH_IMAGE_MAX ? 1 : n < BATCH_SLOTS ? n : BATCH_SLOTS;
+    const size_t fit = BATCH_BYTES / slot;
+    const int most = fit < BATCH_SLOTS ? (int)fit : BATCH_SLOTS;
+    return n <= 1 || most <= 1 ? 1 : n < most ? n : most;
 }
 
 /* one image's slot: its workspace, plus two sets of gradients (an image's, a worker's sum) for n > 1 */
@@ -932,7 +934,7 @@ const char *unet2_small_strerror(int code)
 
 const char *unet2_small_build_id(void)
 {
-    return "38024493334740dd0650acfe8d666cce75cc1d527d1fb68fb8a26ae3e0a1ee53";
+    return "7978ddac34683927706a9bdc6046c25d44bac9db7599dc30c467d9c579c30986";
 }
 
 static unsigned char *unet2_small_align(void *ws)

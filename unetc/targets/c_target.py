@@ -9,9 +9,10 @@ expressions printed as C in the run-time sizes h, w, checked against the checker
 valid set first (:mod:`.c_poly`).
 
 Batch: every entry point takes n images. Images run in parallel over the batch (one workspace
-slot per worker, images in contiguous runs) when the per-image slot is at most
-BATCH_IMAGE_MAX bytes, else one after the other with the kernels' own threads. Parameter
-gradients are summed over the batch: per worker in image order, then the workers in order.
+slot per worker, images in contiguous runs, the remainder one by one) when at least two slots
+fit in BATCH_BYTES, else one after the other with the kernels' own threads. Parameter
+gradients are summed over the batch: per worker in image order, then the workers in order, then
+the remainder (deterministic for a given thread count; the order changes with it).
 """
 from __future__ import annotations
 
@@ -27,8 +28,10 @@ from .c_steps import HELPERS, RING_BYTES, conv_allocs, kernel, phase_context, si
 from .c_testbench import TB_DENSE_PIXELS, poly_testbench_context, testbench_context  # noqa: F401
 from .numpy_target import init_bounds
 
-BATCH_SLOTS = 16  # at most this many images in flight (workspace slots) when the batch runs in parallel
-BATCH_IMAGE_MAX = 4 << 20  # bytes of one image's slot up to which the batch runs in parallel
+BATCH_SLOTS = 16  # at most this many images in flight (workspace slots) when the batch runs in parallel ...
+BATCH_BYTES = 256 << 20  # ... and at most this many bytes of slots: images of a larger slot run one by one
+# (parallel kernels). Batch-parallel ran 1.1x (quiet) to 6x (busy cores: no fork/join per kernel) faster
+# per image at base_c 32, 128x128, 2 threads (see the C target's report in the issue)
 INT_SAFE = 2**31 - 2**20  # element extents up to this are indexed with int (the margin covers loop
 # overshoot like `i + 4 * VL <= n` and window offsets); beyond it the C indexes with ptrdiff_t
 MAX_BYTES = 2**46  # the C target refuses a workspace or an array larger than this (64 TiB)
@@ -194,7 +197,7 @@ def files(sp: Specialized, testbench: bool = False) -> dict[str, str]:
                   image_literal=None if poly else _ws_literal(ws - ALIGN), scratch_off=scratch_off,
                   stack=max([min(a.stack, RING_BYTES) for a in conv_allocs(sp, _esize(sp))] + [0]),
                   grads=[(var(p), goffs[p], numel(s)) for p, s in sp.params.items()], grad_bytes=gbytes,
-                  batch_slots=BATCH_SLOTS, batch_image_max=BATCH_IMAGE_MAX,
+                  batch_slots=BATCH_SLOTS, batch_bytes=BATCH_BYTES,
                   largest_bytes=largest if largest >= 2**31 else None)
     header = render("c_header.h.j2", **common)
     source = render("c_source.c.j2", kernels=kern_list, helpers=helpers, fwd=fctx, bwd=bctx,

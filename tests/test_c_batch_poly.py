@@ -359,3 +359,22 @@ def test_poly_random_geometry_warning_free(tmp_path, index):
     for k, variant in enumerate(([], ["-fopenmp", "-march=native"])):
         r, _ = _run_testbench(tmp_path / str(k), cfg, ["-O0", *STRICT, *variant])
         assert r.returncode == 0 and r.stdout.startswith("PASS"), (variant, r.stdout)
+
+
+def test_poly_one_symbolic_axis(build):
+    """in_h concrete, in_w symbolic: W read at run time, in_h fixed (ValueError / its error code)."""
+    cfg = Config(name="pp_mixed", dtype="float64", in_c=2, out_c=1, in_h=10, in_w="W", base_c=2,
+                 conv_kernel=5, conv_padding=2)
+    mod = build(cfg)
+    assert mod.IN_SHAPE == (2, 10, None) and mod.VALID_SIZES["in_w"] == [(2, 2)]
+    for n, w in ((2, 2), (None, 14)):
+        check_against_torch(mod, cfg, n, 10, w, seed=w)
+    params = mod.init_params(0)
+    with pytest.raises(ValueError, match="x: in_h = 12, but this module was emitted for in_h = 10 only"):
+        mod.forward(params, np.zeros((2, 12, 8)))
+    with pytest.raises(ValueError, match=r"in_w = 7 fails h_upW \(upT gives 6, expected 7\); nearest valid: 6, 8"):
+        mod.forward(params, np.zeros((2, 10, 7)))
+    p = mod._Params(*[params[k].ctypes.data for k in mod.PARAM_SHAPES])
+    x, y, ws = np.zeros((1, 2, 12, 8)), np.full((1, 1, 12, 8), SENTINEL), np.zeros(1 << 16, np.uint8)
+    rc = mod._lib.pp_mixed_forward(ctypes.byref(p), 1, 12, 8, x.ctypes.data, y.ctypes.data, ws.ctypes.data)
+    assert mod._lib.pp_mixed_strerror(rc) == b"in_h must be 10 (emitted for that size)" and (y == SENTINEL).all()

@@ -225,6 +225,13 @@ def test_poly_invalid_sizes_refused_like_the_checker(build, index):
         first = next(c for c in check(cfg.with_sizes(h, w)).constraints if c.status != "holds")
         assert text == f"{first.axis} fails {first.name} ({first.layer})", (message, text)
         assert getattr(lib, f"{name}_workspace_bytes")(2, h, w) == 0
+        grads, gstruct = mod._new_grads()
+        for v in grads.values():
+            v.fill(SENTINEL)
+        gx = np.full_like(x, SENTINEL)
+        rc2 = getattr(lib, f"{name}_backward")(ctypes.byref(p), 2, h, w, x.ctypes.data, y.ctypes.data,
+                                               ctypes.byref(gstruct), gx.ctypes.data, ws.ctypes.data)
+        assert rc2 == rc and (gx == SENTINEL).all() and all((v == SENTINEL).all() for v in grads.values())
 
 
 def test_poly_error_codes_for_n_and_null(build):

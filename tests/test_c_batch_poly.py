@@ -385,3 +385,27 @@ def test_poly_one_symbolic_axis(build):
     x, y, ws = np.zeros((1, 2, 12, 8)), np.full((1, 1, 12, 8), SENTINEL), np.zeros(1 << 16, np.uint8)
     rc = mod._lib.pp_mixed_forward(ctypes.byref(p), 1, 12, 8, x.ctypes.data, y.ctypes.data, ws.ctypes.data)
     assert mod._lib.pp_mixed_strerror(rc) == b"in_h must be 10 (emitted for that size)" and (y == SENTINEL).all()
+
+
+def test_baked_weights_declared_in_the_header_and_inference_builds(tmp_path):
+    """files(sp, weights=...) adds <name>_weights.c and <name>_infer.c, the header declares
+    <name>_weights, and the size-polymorphic inference program builds warning-free and runs a
+    batch from a .npy file (c_weights' own tests check the values)."""
+    import shutil
+    import subprocess
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    cfg = poly_cfg({}, "float32", "pp_w")
+    sp = specialize(cfg)
+    weights = {k: np.random.default_rng(0).standard_normal(s).astype(np.float32) for k, s in sp.params.items()}
+    files = c_target.files(sp, False, weights=weights)
+    assert {"pp_w_weights.c", "pp_w_infer.c"} <= set(files) and "extern const pp_w_params pp_w_weights;" in files["pp_w.h"]
+    assert "pp_w_weights" not in c_target.files(sp, False)["pp_w.h"]
+    write_all(tmp_path, files)
+    exe = tmp_path / "infer"
+    p = subprocess.run([cc, "-std=c99", "-O0", *STRICT, *[str(tmp_path / n) for n in files if n.endswith(".c")],
+                        "-lm", "-o", str(exe)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[:2000]
+    np.save(tmp_path / "x.npy", np.ones((2, 2, 6, 4), np.float32))
+    r = subprocess.run([str(exe), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")], capture_output=True, text=True)
+    assert r.returncode == 0 and np.load(tmp_path / "y.npy").shape == (2, 2, 6, 4), r.stderr

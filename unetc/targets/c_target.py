@@ -165,10 +165,12 @@ def _kernels(sp: Specialized, fwd: Phase, bwd: Phase, size_params: str, size_arg
     return sorted(kernels.values(), key=lambda k: k["fn"]), fctx, bctx
 
 
-def files(sp: Specialized, testbench: bool = False) -> dict[str, str]:
-    """The C target's files for sp: header, source, loader (+ testbench). The source defines
-    ``<name>_build_id()``, a hash of the header and source texts (without the id itself); the
-    loader records it and a hash of the exact header and source texts (``SOURCE_SHA256``)."""
+def files(sp: Specialized, testbench: bool = False, weights: dict | None = None) -> dict[str, str]:
+    """The C target's files for sp: header, source, loader (+ testbench; + ``<name>_weights.c``
+    and ``<name>_infer.c`` with ``weights``, checked parameters of :mod:`.c_weights`, which the
+    header then declares as ``<name>_weights``). The source defines ``<name>_build_id()``, a hash
+    of the header and source texts (without the id itself); the loader records it and a hash of
+    the exact header and source texts (``SOURCE_SHA256``)."""
     cfg, name, T = sp.config, sp.config.name, _ctype(sp)
     check_limits(sp)
     fwd, bwd, scratch_off, ws = layout(sp)
@@ -199,7 +201,7 @@ def files(sp: Specialized, testbench: bool = False) -> dict[str, str]:
                   grads=[(var(p), goffs[p], numel(s)) for p, s in sp.params.items()], grad_bytes=gbytes,
                   batch_slots=BATCH_SLOTS, batch_bytes=BATCH_BYTES,
                   largest_bytes=largest if largest >= 2**31 else None)
-    header = render("c_header.h.j2", **common)
+    header = render("c_header.h.j2", **common, weights=weights is not None)
     source = render("c_source.c.j2", kernels=kern_list, helpers=helpers, fwd=fctx, bwd=bctx,
                     build_id=BUILD_ID_PLACEHOLDER, **common)
     build_id = _sha256(header, source)
@@ -211,6 +213,10 @@ def files(sp: Specialized, testbench: bool = False) -> dict[str, str]:
                                source_sha256=_sha256(header, source),
                                sizes=c_poly.py_size_context(sp) if sp.symbolic else {}),
     }
+    if weights is not None:
+        from .c_weights import infer_file, weights_file
+
+        out.update([weights_file(sp, weights), infer_file(sp)])
     if testbench:
         tb = poly_testbench_context(sp) if sp.symbolic else testbench_context(sp)
         out[f"{name}_main.c"] = render("c_main.c.j2", **common, **tb)

@@ -87,3 +87,67 @@ def test_unreadable_files_are_one_line_errors(tmp_path):
         assert "\n" not in str(err.value)
     with pytest.raises(EmitError, match="no such file"):
         load_weights(tmp_path / "nope.npz", sp)
+
+
+def _numpy_module(cfg, out):
+    import importlib.util
+
+    from unetc.emitter import emit
+
+    (path,) = emit(cfg, "numpy", out)
+    spec = importlib.util.spec_from_file_location(f"{cfg.name}_numpy_w", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("cfg,shapes,tol", [
+    (Config(name="bws", in_c=1, out_c=2, in_h=16, in_w=12, base_c=3), [(3, 1, 16, 12), (1, 16, 12)], 1e-5),
+    (Config(name="bwp", in_c=1, out_c=2, base_c=2, dtype="float64"), [(2, 1, 8, 6), (1, 4, 4)], 1e-12),
+])
+def test_deploy_binary_reads_npy_runs_baked_weights_writes_npy(tmp_path, cfg, shapes, tol):
+    """emit --weights, compile <name>_infer.c + <name>.c + <name>_weights.c warning-free, run it on
+    .npy files: the output equals the NumPy target's forward with the same weights (a symbolic
+    config at two valid sizes; an invalid size exits 1 naming the hypothesis)."""
+    import shutil
+    import subprocess
+
+    from unetc.cli import main
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler (CI has one)")
+    mod = _numpy_module(cfg, tmp_path / "np")
+    params = mod.init_params(2)
+    mod.save_params(tmp_path / "w.npz", params)
+    (tmp_path / "cfg.yaml").write_text(cfg.to_yaml())
+    assert main(["emit", str(tmp_path / "cfg.yaml"), "--target", "c", "--weights", str(tmp_path / "w.npz"),
+                 "-o", str(tmp_path / "d")]) == 0
+    d, n = tmp_path / "d", cfg.name
+    assert f"extern const {n}_params {n}_weights;" in (d / f"{n}.h").read_text()
+    exe = tmp_path / "infer"
+    subprocess.run([cc, "-O1", "-std=c99", "-Wall", "-Wextra", "-Wpedantic", "-Werror", str(d / f"{n}_infer.c"),
+                    str(d / f"{n}.c"), str(d / f"{n}_weights.c"), "-lm", "-o", str(exe)], check=True)
+    rng = np.random.default_rng(0)
+    for shape in shapes:
+        x = rng.standard_normal(shape).astype(cfg.dtype)
+        np.save(tmp_path / "x.npy", x)
+        subprocess.run([str(exe), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")], check=True)
+        y, ref = np.load(tmp_path / "y.npy"), mod.forward(params, x)
+        assert y.shape == ref.shape and y.dtype == ref.dtype
+        assert np.max(np.abs(y - ref)) <= tol * np.max(np.abs(ref))
+    np.save(tmp_path / "x.npy", np.zeros((1, 1, 7, 6), cfg.dtype))
+    p = subprocess.run([str(exe), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")], capture_output=True, text=True)
+    assert p.returncode == 1 and p.stderr.count("\n") == 1 and ("h_upH" in p.stderr or "expected shape" in p.stderr)
+
+
+def test_cli_weights_errors(tmp_path, capsys):
+    from unetc.cli import main
+
+    assert main(["emit", "--size", "4x4", "--target", "numpy", "--weights", "w.npz", "-o", str(tmp_path)]) == 2
+    assert "--weights is only for --target c" in capsys.readouterr().err
+    assert main(["emit", "--size", "4x4", "--target", "c", "--weights", str(tmp_path / "no.npz"),
+                 "-o", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("unetc: error: --weights") and "no such file" in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()

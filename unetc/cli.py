@@ -51,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--testbench", action="store_true", help="C target: also write <name>_main.c")
     e.add_argument("--force", action="store_true",
                    help="overwrite <name>_* files that another config or size wrote into the directory")
+    e.add_argument("--weights", metavar="FILE",
+                   help="C target: bake trained parameters (.npz or a torch state_dict) into "
+                        "<name>_weights.c, and write <name>_infer.c (.npy in, .npy out)")
     g = sub.add_parser("graph", help="draw the layer graph (PyTorch's shapes, failures in red) as SVG")
     g.add_argument("config", nargs="?", help="YAML config (default: the bundled default config)")
     g.add_argument("--size", help=SIZE_HELP)
@@ -193,9 +196,11 @@ def _certify(report, path: str) -> tuple[bool, list[str], dict]:
 def cmd_emit(args) -> int:
     from .emitter import emit
 
-    if args.testbench and args.target != "c":
-        raise UsageError(f"--testbench is only for --target c (got --target {args.target})")
-    paths = emit(_load(args), args.target, args.out, testbench=args.testbench, force=args.force)
+    for flag, given in (("--testbench", args.testbench), ("--weights", args.weights)):
+        if given and args.target != "c":
+            raise UsageError(f"{flag} is only for --target c (got --target {args.target})")
+    paths = emit(_load(args), args.target, args.out, testbench=args.testbench, force=args.force,
+                 weights=args.weights)
     for path in paths:
         print(f"wrote {path}")
     return 0

@@ -171,14 +171,19 @@ def _remove_created(dirs: list[Path]) -> None:
 
 
 def emit(cfg: Config, target: str, out_dir: str | Path = "generated", testbench: bool = False,
-         force: bool = False) -> list[Path]:
+         force: bool = False, weights: str | Path | None = None) -> list[Path]:
     """Emit the files of ``target`` for a concrete or symbolic config (symbolic: size-polymorphic
     code) into out_dir; returns the paths written. Refuses (EmitError) to overwrite another
-    config's files unless ``force``."""
+    config's files unless ``force``. ``weights`` (C target): a .npz or torch state_dict file whose
+    parameters are baked into ``<name>_weights.c`` (see :mod:`unetc.targets.c_weights`)."""
     files_of = _target(target)
     sp = specialize(cfg)
-    if sp.symbolic and target == "c":
-        raise EmitError(f"--target c needs concrete sizes (in_h {cfg.in_h}, in_w {cfg.in_w}); "
-                        f"bind them with --size HxW (size-polymorphic code: --target numpy)")
-    files = files_of(sp, testbench)
+    if weights is None:
+        files = files_of(sp, testbench)
+    elif target != "c":
+        raise EmitError(f"weights are baked into C only (got target {target!r})")
+    else:
+        from .targets.c_weights import load_weights
+
+        files = files_of(sp, testbench, weights=load_weights(weights, sp))
     return write_all(Path(out_dir), files, force)

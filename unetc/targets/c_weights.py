@@ -93,6 +93,30 @@ def _rows(a, single: bool) -> list[str]:
     return [", ".join(vals[i:i + PER_LINE]) for i in range(0, len(vals), PER_LINE)]
 
 
+def _size_text(expr, sp: Specialized) -> str:
+    """A size of the output as C text: a literal, or printed by SymPy in the C variables h, w."""
+    import sympy
+
+    from ..sympy_print import ccode
+
+    if isinstance(expr, int) or getattr(expr, "is_Integer", False):
+        return str(int(expr))
+    names = {sym: sympy.Symbol("h" if axis == "in_h" else "w") for axis, sym in sp.symbols.items()}
+    return f"(long)({ccode(expr.xreplace(names))})"
+
+
+def infer_file(sp: Specialized) -> tuple[str, str]:
+    """(file name, C text) of ``<name>_infer.c``: reads x from .npy, runs the baked weights, writes y."""
+    cfg = sp.config
+    single = cfg.dtype == "float32"
+    (ci, hi, wi), (co, ho, wo) = sp.in_shape, sp.out_shape
+    text = render("c_infer.c.j2", banner_c=banner(cfg, "//"), name=cfg.name, NAME=cfg.name.upper(),
+                  T="float" if single else "double", descr="<f4" if single else "<f8", poly=sp.symbolic,
+                  in_c=ci, in_h=hi if not sp.symbolic else "H", in_w=wi if not sp.symbolic else "W",
+                  out_c=co, out_h=_size_text(ho, sp), out_w=_size_text(wo, sp))
+    return f"{cfg.name}_infer.c", text
+
+
 def weights_file(sp: Specialized, weights: dict) -> tuple[str, str]:
     """(file name, C text) of ``<name>_weights.c`` for checked weights (see :func:`load_weights`)."""
     cfg = sp.config

@@ -33,10 +33,6 @@
 #define BATCH_BYTES 268435456u /* ... and at most this many bytes of slots (at least one slot) */
 #define GRAD_BYTES 7040u /* one set of parameter gradients, each 64-byte aligned */
 
-static inline size_t unetc_zmax(size_t a, size_t b)
-{
-    return a > b ? a : b;
-}
 
 #define MR 8 /* output channels per register block */
 #ifndef MO
@@ -934,7 +930,7 @@ const char *unet2_small_strerror(int code)
 
 const char *unet2_small_build_id(void)
 {
-    return "7978ddac34683927706a9bdc6046c25d44bac9db7599dc30c467d9c579c30986";
+    return "01a216cefe020a9be03ef0e9e7d427ef3582f4511ed9784215dbc7e9b6e16964";
 }
 
 static unsigned char *unet2_small_align(void *ws)

@@ -151,3 +151,38 @@ def test_cli_weights_errors(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("unetc: error: --weights") and "no such file" in err and err.count("\n") == 1
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("cfg", [Config(name="bwt", in_c=1, out_c=2, in_h=8, in_w=6, base_c=3),
+                                 Config(name="bwtp", in_c=1, out_c=1, base_c=2, dtype="float64")])
+def test_testbench_checks_the_baked_weights(tmp_path, cfg):
+    """--testbench with --weights: <name>_main.c runs the baked parameters against the float64
+    NumPy reference of those weights (PASS); one changed literal in <name>_weights.c makes it FAIL."""
+    import shutil
+    import subprocess
+
+    from unetc.cli import main
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler (CI has one)")
+    sp = specialize(cfg)
+    params = _params(sp, cfg.dtype, seed=4)
+    params = {k: (v * 0.3).astype(cfg.dtype) for k, v in params.items()}
+    np.savez(tmp_path / "w.npz", **params)
+    (tmp_path / "cfg.yaml").write_text(cfg.to_yaml())
+    d, n = tmp_path / "d", cfg.name
+    assert main(["emit", str(tmp_path / "cfg.yaml"), "--target", "c", "--testbench", "--weights",
+                 str(tmp_path / "w.npz"), "-o", str(d)]) == 0
+
+    def run() -> str:
+        exe = tmp_path / "tb"
+        subprocess.run([cc, "-O1", "-std=c99", "-Wall", "-Wextra", "-Wpedantic", "-Werror", str(d / f"{n}_main.c"),
+                        str(d / f"{n}.c"), str(d / f"{n}_weights.c"), "-lm", "-o", str(exe)], check=True)
+        return subprocess.run([str(exe)], capture_output=True, text=True).stdout
+
+    assert "PASS" in run()
+    text = (d / f"{n}_weights.c").read_text()
+    first = hex_literal(params["down1_2.bias"].reshape(-1)[0].item(), cfg.dtype == "float32")
+    (d / f"{n}_weights.c").write_text(text.replace(first, hex_literal(1.5, cfg.dtype == "float32"), 1))
+    assert "FAIL" in run()

@@ -218,6 +218,6 @@ def files(sp: Specialized, testbench: bool = False, weights: dict | None = None)
 
         out.update([weights_file(sp, weights), infer_file(sp)])
     if testbench:
-        tb = poly_testbench_context(sp) if sp.symbolic else testbench_context(sp)
+        tb = poly_testbench_context(sp, weights) if sp.symbolic else testbench_context(sp, weights)
         out[f"{name}_main.c"] = render("c_main.c.j2", **common, **tb)
     return out

@@ -55,12 +55,13 @@ class _Ref:
     data restricted to that corner (x and grad_y nonzero below ``patch``; biases zero unless
     dense): ``run()`` -> {tensor label: (array, flat indices of its values in the full tensor)}."""
 
-    def __init__(self, sp: Specialized, patch: int, dense: bool):
-        self.sp, self.patch, self.dense = sp, patch, dense
+    def __init__(self, sp: Specialized, patch: int, dense: bool, weights: dict | None = None):
+        self.sp, self.patch, self.dense, self.weights = sp, patch, dense, weights
         bounds = {p: float(b) for p, b in init_bounds(sp).items()}
         self.inputs = [("x", sp.in_shape, 1, 0), ("grad_y", sp.out_shape, 2, 0)]
-        self.inputs += [(f"param_{var(p)}", shape, 3 + i, max(0, math.floor(-math.log2(bounds[p]))))
-                        for i, (p, shape) in enumerate(sp.params.items()) if dense or p.endswith(".weight")]
+        if weights is None:  # baked weights are the parameters themselves
+            self.inputs += [(f"param_{var(p)}", shape, 3 + i, max(0, math.floor(-math.log2(bounds[p]))))
+                            for i, (p, shape) in enumerate(sp.params.items()) if dense or p.endswith(".weight")]
 
     def run(self, h: int, w: int) -> dict:
         import dataclasses
@@ -86,8 +87,8 @@ class _Ref:
             q = min(self.patch, ch), min(self.patch, cw)
             a[:, :q[0], :q[1]] = _tb_values(_flat(full, *q), seed, e)
             vals[nm] = a
-        params = {}
-        for p, shape in self.sp.params.items():
+        params = {p: np.asarray(a, np.float64) for p, a in (self.weights or {}).items()}
+        for p, shape in self.sp.params.items() if self.weights is None else ():
             nm = f"param_{var(p)}"
             params[p] = _tb_values(np.arange(_numel(shape)), *given[nm][1:]).reshape(shape) if nm in given \
                 else np.zeros(shape)
@@ -134,14 +135,15 @@ def _corner(sp: Specialized, start: int):
     return H, W
 
 
-def _reference(sp: Specialized) -> tuple["_Ref", dict]:
-    """The testbench's reference: for small inputs the whole image with dense data; else x and
-    grad_y nonzero in a top-left patch and biases zero, so every nonzero value of the network lies
-    in a corner: computed on the smallest corner crop whose result a crop larger by a margin
-    confirms (doubling the margin until they agree, at worst the whole image)."""
+def _reference(sp: Specialized, weights: dict | None = None) -> tuple["_Ref", dict]:
+    """The testbench's reference: for small inputs, or baked ``weights`` (their biases are not
+    zero), the whole image with dense data; else x and grad_y nonzero in a top-left patch and
+    biases zero, so every nonzero value of the network lies in a corner: computed on the smallest
+    corner crop whose result a crop larger by a margin confirms (doubling the margin until they
+    agree, at worst the whole image)."""
     H, W = sp.in_shape[1:]
-    if H * W <= TB_DENSE_PIXELS:
-        ref = _Ref(sp, max(H, W), True)
+    if H * W <= TB_DENSE_PIXELS or weights is not None:
+        ref = _Ref(sp, max(H, W), True, weights)
         return ref, ref.run(H, W)
     ref, margin = _Ref(sp, TB_PATCH, False), 16
     while True:
@@ -172,10 +174,11 @@ def _tb_summary(a, at, n: int) -> tuple[list[float], list[int]]:
             + [where.get(i, 0.0) for i in picks]), picks
 
 
-def testbench_context(sp: Specialized) -> dict:
+def testbench_context(sp: Specialized, weights: dict | None = None) -> dict:
     """Template context of c_main.c.j2: tb_fill calls (x, grad_y in their patch, parameters at about
-    their init bound) and, per output, _tb_summary of the float64 NumPy reference."""
-    ref, out = _reference(sp)
+    their init bound, or the baked ``weights``) and, per output, _tb_summary of the float64 NumPy
+    reference."""
+    ref, out = _reference(sp, weights)
     checks = [("y", "y", sp.out_shape), ("grad_x", "grad_x", sp.in_shape)]
     checks += [(p, f"d_{var(p)}", shape) for p, shape in sp.params.items()]
     ctx_checks = []
@@ -184,14 +187,14 @@ def testbench_context(sp: Specialized) -> dict:
         ctx_checks.append({"what": what, "var": v, "n": _numel(shape), "want": ", ".join(x.hex() for x in want),
                            "at": ", ".join(map(str, at))})
     return {"tol": "1e-10" if _ctype(sp) == "double" else "1e-4", "samples": TB_SAMPLES,
-            "batch": ref.dense,
+            "batch": ref.dense, "baked": weights is not None,
             "mix_seed": TB_MIX_SEED, "patch": ref.patch,
             "inputs": [{"var": nm, "n": _numel(shape), "seed": seed, "scale": float(2.0 ** -(23 + e)).hex(),
                         "shape": shape} for nm, shape, seed, e in ref.inputs],
             "checks": ctx_checks}
 
 
-def poly_testbench_context(sp: Specialized) -> dict:
+def poly_testbench_context(sp: Specialized, weights: dict | None = None) -> dict:
     """Template context of c_main.c.j2 for a size-polymorphic sp: the specialised testbench's
     checks at the smallest valid size and a slightly larger one (both with dense data when
     possible), and the smallest invalid size with the error code it must give."""
@@ -205,7 +208,7 @@ def poly_testbench_context(sp: Specialized) -> dict:
     cases, dense = [], None
     for h, w in dict.fromkeys([(hs[0], ws[0]), (hs[-1], ws[len(ws) // 2])]):
         csp = specialize(cfg.with_sizes(h, w))
-        ctx = testbench_context(csp)
+        ctx = testbench_context(csp, weights)
         if dense is not None and ctx["batch"] != dense:
             continue  # the parameters are filled alike only when both sizes are dense (or both not)
         dense, inputs = ctx["batch"], {a["var"]: a for a in ctx["inputs"]}
@@ -216,4 +219,5 @@ def poly_testbench_context(sp: Specialized) -> dict:
     bad_h = sp.valid["in_h"].smallest_missing() if "in_h" in sp.symbols else fixed["in_h"] + 1
     bad = (bad_h or 0, cases[0]["w"])
     return {"cases": cases, "params_fill": cases[0]["params_fill"], "tol": ctx["tol"], "samples": ctx["samples"],
+            "baked": weights is not None,
             "mix_seed": ctx["mix_seed"], "bad": {"h": bad[0], "w": bad[1], "code": error_code(sp, *bad), "xn": 16, "yn": 16}}

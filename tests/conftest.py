@@ -60,6 +60,34 @@ def random_geometry(rng: random.Random) -> dict:
     return c
 
 
+def model_valid(geometry: dict, limit: int = 40) -> list[int]:
+    """Valid sizes <= limit by the independent integer model (spec_truth)."""
+    return [n for n in range(1, limit + 1) if all(spec_truth(geometry, n).values())]
+
+
+def valid_geometries(count: int, seed: int, limit: int = 40) -> list[dict]:
+    """The first ``count`` seeded random geometries with >= 3 valid sizes <= limit."""
+    rng, out = random.Random(seed), []
+    while len(out) < count:
+        g = random_geometry(rng)
+        if len(model_valid(g, limit)) >= 3:
+            out.append(g)
+    return out
+
+
+def assert_same_nonfinite(a, b, what: str, tol: float) -> None:
+    """Same NaN positions, same infinities, finite values within tol (relative to b's scale)."""
+    import numpy as np
+
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    assert np.array_equal(np.isnan(a), np.isnan(b)), f"{what}: NaN at {np.isnan(a).sum()} vs {np.isnan(b).sum()} places"
+    inf = np.isinf(b)
+    assert np.array_equal(np.isinf(a), inf) and np.array_equal(a[inf], b[inf]), f"{what}: infinities differ"
+    fin = np.isfinite(b)
+    scale = max(float(np.max(np.abs(b[fin]), initial=0.0)), 1e-300)
+    assert float(np.max(np.abs(a[fin] - b[fin]), initial=0.0)) <= tol * scale, what
+
+
 def assert_api_errors(mod, params, x) -> None:
     """The generated API's ValueErrors (same for every target), on CONFIG_MATRIX['default']."""
     import numpy as np

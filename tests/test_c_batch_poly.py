@@ -7,14 +7,13 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import importlib.util
-import random
 import time
 
 import numpy as np
 import pytest
 
-from conftest import EXAMPLES, random_geometry
-from test_symbolic_numpy import checker_message, model_valid
+from conftest import EXAMPLES, model_valid, valid_geometries
+from test_symbolic_numpy import checker_message
 from torch_ref import CONFIG_MATRIX, rel_err
 from unetc.checker import check
 from unetc.config import Config, load
@@ -153,16 +152,7 @@ def poly_cfg(geometry: dict | None = None, dtype: str = "float64", name: str = "
     return Config(**base, **(geometry or {}))
 
 
-def _geometries(count: int, seed: int = 4242) -> list[dict]:
-    rng, out = random.Random(seed), []
-    while len(out) < count:
-        g = random_geometry(rng)
-        if len(model_valid(g)) >= 3:
-            out.append(g)
-    return out
-
-
-GEOMETRIES = _geometries(3)
+GEOMETRIES = valid_geometries(3, seed=4242)
 
 
 @pytest.mark.parametrize("index", range(len(GEOMETRIES)))

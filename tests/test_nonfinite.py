@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import EXAMPLES
+from conftest import assert_same_nonfinite as assert_same
 from torch_ref import CONFIG_MATRIX
 from unetc.config import load
 from unetc.emitter import emit
@@ -49,17 +50,6 @@ def targets(tmp_path_factory):
         os.environ.pop("UNETC_CACHE_DIR", None)
     else:
         os.environ["UNETC_CACHE_DIR"] = old
-
-
-def assert_same(a, b, what: str, tol: float) -> None:
-    """Same NaN positions, same infinities, finite values within tol (relative to b's scale)."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    assert np.array_equal(np.isnan(a), np.isnan(b)), f"{what}: NaN at {np.isnan(a).sum()} vs {np.isnan(b).sum()} places"
-    inf = np.isinf(b)
-    assert np.array_equal(np.isinf(a), inf) and np.array_equal(a[inf], b[inf]), f"{what}: infinities differ"
-    fin = np.isfinite(b)
-    scale = max(float(np.max(np.abs(b[fin]), initial=0.0)), 1e-300)
-    assert float(np.max(np.abs(a[fin] - b[fin]), initial=0.0)) <= tol * scale, what
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import random
 import subprocess
 
 import numpy as np
 import pytest
 import sympy as sp
 
-from conftest import out_i, out_t_i, random_geometry, spec_truth
+from conftest import model_valid, out_i, out_t_i, valid_geometries
 from torch_ref import rel_err, torch_reference
 from unetc.checker import check
 from unetc.config import Config
@@ -44,22 +43,7 @@ def emitted(cfg: Config, tmp_path_factory):
     return load_module(path, f"{cfg.name}_{cfg.dtype}_{id(cfg)}")
 
 
-def model_valid(geometry: dict, limit: int = LIMIT) -> list[int]:
-    """Valid sizes <= limit by the independent integer model of tests/conftest.py."""
-    return [n for n in range(1, limit + 1) if all(spec_truth(geometry, n).values())]
-
-
-def _geometries(count: int, seed: int = 20240612) -> list[dict]:
-    """The first ``count`` seeded random geometries with >= 3 valid sizes <= LIMIT."""
-    rng, out = random.Random(seed), []
-    while len(out) < count:
-        g = random_geometry(rng)
-        if len(model_valid(g)) >= 3:
-            out.append(g)
-    return out
-
-
-GEOMETRIES = _geometries(5)
+GEOMETRIES = valid_geometries(5, seed=20240612, limit=LIMIT)
 
 
 def inputs(mod, h, w, seed):

@@ -17,6 +17,9 @@ import os
 import sys
 
 
+COLS = ["torch", "c", "numpy", "cpoly"]  # report columns; the last three are --targets
+
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
@@ -38,21 +41,22 @@ def parse_args(argv=None):
                     help="skip a target for a row when one warm-up call takes longer than this many "
                          "seconds (default %(default)s)")
     ap.add_argument("--targets", default="c,numpy",
-                    help="comma-separated unetc targets to compare with PyTorch (default %(default)s)")
+                    help="comma-separated unetc targets to compare with PyTorch (default %(default)s; "
+                         "cpoly = the size-polymorphic C of the same config, emitted with symbolic sizes)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"),
                     help="output directory (default benchmarks/results/)")
     ap.add_argument("--no-plot", action="store_true", help="do not write ratio.png")
     ap.add_argument("--timeout", type=float, default=1800.0,
                     help="seconds before one worker process is abandoned (default %(default)s)")
-    ap.add_argument("--worker", choices=("torch", "c", "numpy"), help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=COLS, help=argparse.SUPPRESS)
     ap.add_argument("--spec", help=argparse.SUPPRESS)
     ap.add_argument("--gen", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     args.targets = list(dict.fromkeys(args.targets))
-    bad = [t for t in args.targets if t not in ("c", "numpy")]
+    bad = [t for t in args.targets if t not in COLS[1:]]
     if bad:
-        ap.error(f"--targets: unknown target {bad[0]!r}; choose from c, numpy")
+        ap.error(f"--targets: unknown target {bad[0]!r}; choose from {', '.join(COLS[1:])}")
     if args.threads < 1:
         ap.error("--threads must be >= 1")
     if args.reps < 1:
@@ -235,9 +239,14 @@ def import_path(path: Path, name: str):
 
 
 def load_target(cfg: Config, target: str, gen_dir: Path):
-    """Emit cfg for target into gen_dir and import the Python-facing module."""
+    """Emit cfg for target into gen_dir and import the Python-facing module. ``cpoly``: the C
+    target emitted once for every valid size (in_h, in_w symbolic), run at cfg's size."""
+    import dataclasses
+
     from unetc.emitter import emit
 
+    if target == "cpoly":
+        cfg, target = dataclasses.replace(cfg.with_sizes("H", "W"), name=f"{cfg.name}_poly"), "c"
     emit(cfg, target, gen_dir)
     path = gen_dir / f"{cfg.name}_{target}.py"
     if not path.exists():
@@ -452,7 +461,6 @@ def run_row(row: Row, spec, targets: list[str], args, gen_dir: Path) -> None:
 
 # ---------------------------------------------------------------- reports
 
-COLS = ["torch", "c", "numpy"]
 
 
 def _fmt_ms(s):

@@ -192,16 +192,9 @@ def torch_float32_errors(cfg: Config, params: dict, x: np.ndarray, grad_y: np.nd
     """rel_err of PyTorch's own float32 autograd against ref = torch_reference(...) (float64):
     the yardstick for float32 where the data make 1e-4 unreachable (e.g. a bias gradient summing
     ~1000 terms that cancel)."""
-    import torch
+    from torch_ref import rel_err, torch_reference
 
-    from torch_ref import rel_err
-
-    pool = (lambda t: spec_pool(t, cfg.pool_kernel, cfg.pool_stride)) if cfg.maxpool_backward == "spec" else None
-    m = torch_module(cfg, pool).float()
-    m.load_state_dict({k: torch.tensor(np.asarray(v, dtype=np.float32)) for k, v in params.items()})
-    xt = torch.tensor(np.asarray(x, dtype=np.float32)[None], requires_grad=True)
-    y = m(xt)
-    y.backward(torch.tensor(np.asarray(grad_y, dtype=np.float32)[None]))
-    errs = {k: rel_err(p.grad.numpy(), ref[1][k]) for k, p in m.named_parameters()}
-    return {"y": rel_err(y.detach().numpy()[0], ref[0]), "grad_x": rel_err(xt.grad.numpy()[0], ref[2]), **errs}
+    y, grads, gx = torch_reference(cfg, params, x, grad_y, dtype="float32")
+    errs = {k: rel_err(g, ref[1][k]) for k, g in grads.items()}
+    return {"y": rel_err(y, ref[0]), "grad_x": rel_err(gx, ref[2]), **errs}
 

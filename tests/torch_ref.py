@@ -76,17 +76,17 @@ def spec_pool(x, k: int, s: int):
     return SpecPool.apply(x)
 
 
-def torch_reference(cfg: Config, params: dict, x: np.ndarray, grad_y: np.ndarray):
-    """(y, grads, grad_x) by PyTorch autograd in float64, inputs (C, H, W) without batch axis.
-    ``maxpool_backward: spec`` uses :func:`spec_pool` (the spec's routing, transcribed)."""
+def torch_reference(cfg: Config, params: dict, x: np.ndarray, grad_y: np.ndarray, dtype: str = "float64"):
+    """(y, grads, grad_x) by PyTorch autograd in ``dtype`` (float64: the oracle), inputs (C, H, W)
+    without batch axis. ``maxpool_backward: spec`` uses :func:`spec_pool` (the spec's routing)."""
     import torch
 
     pool = (lambda t: spec_pool(t, cfg.pool_kernel, cfg.pool_stride)) if cfg.maxpool_backward == "spec" else None
-    m = torch_module(cfg, pool).double()
-    m.load_state_dict({k: torch.tensor(np.asarray(v, dtype=np.float64)) for k, v in params.items()})
-    xt = torch.tensor(np.asarray(x, dtype=np.float64)[None], requires_grad=True)
+    m = torch_module(cfg, pool).to(getattr(torch, dtype))
+    m.load_state_dict({k: torch.tensor(np.asarray(v, dtype=dtype)) for k, v in params.items()})
+    xt = torch.tensor(np.asarray(x, dtype=dtype)[None], requires_grad=True)
     y = m(xt)
-    y.backward(torch.tensor(np.asarray(grad_y, dtype=np.float64)[None]))
+    y.backward(torch.tensor(np.asarray(grad_y, dtype=dtype)[None]))
     grads = {k: p.grad.numpy() for k, p in m.named_parameters()}
     return y.detach().numpy()[0], grads, xt.grad.numpy()[0]
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import shlex
 import time
 from dataclasses import dataclass
@@ -213,18 +212,14 @@ def certificate(report: Report, claimed: dict[str, IntSet] | None = None) -> Cer
 def write(cert: Certificate, path: str | os.PathLike) -> None:
     """Write the certificate atomically (temp file in the same directory, then rename); the file
     mode is 0666 minus the umask. Raises EmitError with one line on any I/O failure."""
+    from .emitter import write_atomic
+
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         if path.is_dir():
             raise IsADirectoryError(21, "Is a directory")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "w", encoding="ascii", newline="\n") as f:
-            f.write(cert.text)
-        os.replace(tmp, path)
+        write_atomic(path, cert.text)
     except OSError as err:
-        if tmp.exists():
-            tmp.unlink()
         raise EmitError(f"cannot write certificate {_shown(path)}: {err.strerror}") from None
 
 

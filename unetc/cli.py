@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from .errors import UnetcError, UsageError
@@ -133,24 +134,12 @@ def cmd_graph(args) -> int:
 
 def _write_atomic(path: str, text: str) -> None:
     """Write text to path through a temporary file in the same directory (all or nothing)."""
-    import tempfile
-
     from .config import show
+    from .emitter import write_atomic
 
-    folder = os.path.dirname(os.path.abspath(path))
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".unetc-", suffix=".tmp", dir=folder)
+        write_atomic(Path(os.path.abspath(path)), text)
     except OSError as err:
-        raise UsageError(f"{show(path)}: cannot write: {err.strerror}") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except OSError as err:
-        os.unlink(tmp)
         raise UsageError(f"{show(path)}: cannot write: {err.strerror}") from None
 
 

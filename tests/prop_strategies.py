@@ -65,7 +65,7 @@ def geometries(draw, pool_inverse_up: bool = False) -> dict:
 
 @functools.lru_cache(maxsize=4096)
 def _valid_sizes(geo: tuple, limit: int) -> tuple[int, ...]:
-    r = check(Config(**dict(geo)), workspace=False)
+    r = check(Config(**dict(geo)))
     return tuple(n for n in range(1, limit + 1) if n in r.valid["in_h"])
 
 

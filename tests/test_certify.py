@@ -50,7 +50,7 @@ def _key(hyp: str) -> str:
 
 
 def _report(cfg: Config):
-    return check(cfg, workspace=False)
+    return check(cfg)
 
 
 def _z3_lines(script: str) -> list[str]:
@@ -211,7 +211,7 @@ def test_write_is_atomic_deterministic_and_respects_umask(tmp_path):
     assert path.read_bytes() == first == cert.text.encode("ascii")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cert.smt2"]
     code = ("import sys; from unetc import certify, checker, config; "
-            "sys.stdout.write(certify.certificate(checker.check(config.Config(), workspace=False)).text)")
+            "sys.stdout.write(certify.certificate(checker.check(config.Config())).text)")
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     other = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, check=True, cwd=ROOT)
     assert other.stdout == first

@@ -58,7 +58,7 @@ def test_checker_sets_match_model_and_torch_layers(geo):
     """Symbolic config: per hypothesis and per axis, n in the checker's set iff the integer model
     says so (n <= 120) iff torch's layers give the sizes (n <= 40) iff the real network runs with
     every conv size-preserving and the concat fitting (n <= 40)."""
-    r = check(Config(**geo), workspace=False)
+    r = check(Config(**geo))
     assert sorted(HYP[c.name] for c in r.constraints) == sorted(HYP.values())
     net = torch_module(Config(in_c=1, out_c=1, base_c=1, **geo)).double()
     for n in range(1, 121):
@@ -88,7 +88,7 @@ def test_concrete_verdicts_match_torch_sizes(geo, h, w):
     """Concrete config: each hypothesis holds iff the model says so; a violated one names the
     sizes torch's layers compute (or "undefined" where torch refuses) and the nearest valid
     sizes found by brute force."""
-    r = check(Config(in_h=h, in_w=w, **geo), workspace=False)
+    r = check(Config(in_h=h, in_w=w, **geo))
     for c in r.constraints:
         n = h if c.axis == "in_h" else w
         key = HYP[c.name]

@@ -213,10 +213,10 @@ def _check_inputs(cfg: Config) -> None:
             raise UsageError(f"{key} = {value!r}: the checker needs an integer >= 1 or a symbol name")
 
 
-def check(cfg: Config, workspace: bool = False) -> Report:
+def check(cfg: Config) -> Report:
     """Analyse a config: exact valid sets per hypothesis and per axis, and the verdicts at concrete
     sizes. Cost bounded by :data:`LIMITS` (UsageError above them), whatever the input sizes.
-    ``workspace`` is ignored (kept for old callers): the C workspace is the caller's to add."""
+    The C workspace (``Report.workspace_bytes``) is the caller's to add: the checker imports no target."""
     _check_inputs(cfg)
     g = build(cfg, symbolic=True)
     concrete = {"in_h": cfg.in_h if isinstance(cfg.in_h, int) else None,

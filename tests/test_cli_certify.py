@@ -3,6 +3,8 @@ loud unetc bug (exit 1), an unwritable path is one error line (exit 2); the JSON
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 
@@ -49,3 +51,13 @@ def test_unwritable_path_is_one_line(tmp_path, capsys):
     assert main(["check", "--certify", str(tmp_path / "no" / "dir" / "c.smt2")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("unetc: error: cannot write certificate") and err.count("\n") == 1
+
+
+def test_special_file_target_is_refused_not_replaced(tmp_path, capsys):
+    """A rename onto a device or FIFO would replace it (as root: /dev/full became a regular file)."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert main(["check", "--certify", str(fifo)]) == 2
+    assert "not a regular file" in capsys.readouterr().err and stat.S_ISFIFO(os.stat(fifo).st_mode)
+    assert main(["graph", "-o", str(fifo)]) == 2
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)

@@ -119,6 +119,7 @@ def _workspace(report) -> str | None:
 
 def cmd_graph(args) -> int:
     from .checker import check
+    from .config import show
     from .picture import svg
 
     cfg = _load(args)
@@ -128,7 +129,7 @@ def cmd_graph(args) -> int:
         sys.stdout.write(text)
         return 0
     _write_atomic(out, text)
-    print(f"wrote {out}")
+    print(f"wrote {show(out)}")
     return 0
 
 

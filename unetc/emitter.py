@@ -14,6 +14,7 @@ out, see :mod:`unetc.render`); this module writes a target's files into a direct
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
 import tempfile
@@ -68,7 +69,11 @@ def _write_temp(directory: Path, name: str, text: str, mode: int) -> Path:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write text to path via a temp file in the same directory + rename (never half-written)."""
+    """Write text to path via a temp file in the same directory + rename (never half-written).
+    An existing path that is not a regular file (a device such as /dev/full, a FIFO, a directory)
+    is refused with an OSError: the rename would replace it."""
+    if path.exists() and not path.is_file():
+        raise OSError(errno.EEXIST, "exists and is not a regular file")
     tmp = _write_temp(path.parent, path.name, text, 0o666 & ~_umask())
     try:
         os.replace(tmp, path)

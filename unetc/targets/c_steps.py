@@ -9,6 +9,7 @@ strides and paddings are always numbers.
 """
 from __future__ import annotations
 
+from . import c_winograd
 from .c_plan import Phase
 from .c_sizes import choose, cond, cx, is_const, numel, rup, sfloordiv, smax, smin
 from ..specialize import Specialized, var
@@ -64,6 +65,9 @@ def _conv_s1(alloc: Scratch, src: str, c: int, o: int, in_hw, out_hw, k: int, q:
     with the packed weights wp (then relu): CONV_S1_RING where its ring of c*k padded rows fits
     in RING_BYTES, else CONV_S1 on a padded copy."""
     (h, w), (ho, wo) = in_hw, out_hw
+    wino = c_winograd.conv_steps(alloc, src, c, o, in_hw, out_hw, k, q, wp, bias, relu)
+    if wino is not None:
+        return wino
     ring = c * k * (wo + k - 1) * alloc.esize
     fits = q > 0 and cond(ring <= RING_BYTES)
     if fits is not False:

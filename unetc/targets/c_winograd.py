@@ -14,7 +14,7 @@ ENABLED = True  # False: never emit Winograd (tests compare both paths)
 TB = 32  # tiles (2 x 2 outputs) per block: the GEMM image width (a multiple of 2 vectors everywhere)
 SLOTS = 8  # scratch blocks: at most this many threads run one layer's blocks
 WINO_MIN_C = 16  # input and output channels from which Winograd runs ...
-WINO_MIN_PIXELS = 256  # ... and output pixels
+WINO_MIN_PIXELS = 1024  # ... and output pixels
 
 _direct = False  # set while c_steps lays out the direct steps of a Winograd layer
 

@@ -25,8 +25,8 @@ CC = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
 pytestmark = pytest.mark.skipif(CC is None, reason="no C compiler (CI has one)")
 TOL = {"float64": 1e-10, "float32": 1e-4}
 FAST = "-O1 -march=native -fopenmp -std=c99"  # compiles ~2.5x faster than the default -O3
-# 66 x 70: 16 and 32 channels at 66x70 and 33x35 (odd: the last tile row / column is half outside)
-BASE = dict(in_c=3, out_c=2, base_c=16)
+# 66 x 70: 32 and 64 channels at 66x70 and 33x35 (odd: the last tile row / column is half outside)
+BASE = dict(in_c=3, out_c=2, base_c=32)
 
 
 def wino_cfg(dtype: str, poly: bool = False) -> Config:
@@ -62,16 +62,45 @@ def build(tmp_path_factory):
     mp.undo()
 
 
+def relu_margin(cfg: Config, params: dict, x: np.ndarray) -> float:
+    """Smallest |pre-activation| of any relu of the float64 torch network, relative to its layer's
+    largest: where it is below float32 rounding, float32 code may gate that relu the other way
+    than float64 (a whole gradient entry flips): the input is ill-conditioned, not the code wrong."""
+    import torch
+
+    relu, worst = torch.relu, [1.0]
+
+    def watch(t):
+        a = t.detach().abs()
+        worst[0] = min(worst[0], float(a.min() / a.max()))
+        return relu(t)
+
+    torch.relu = watch
+    try:
+        torch_reference(cfg, params, x, np.zeros((cfg.out_c, x.shape[1], x.shape[2])))
+    finally:
+        torch.relu = relu
+    return worst[0]
+
+
 def errors(mod, cfg: Config, h: int, w: int, seed: int = 3) -> tuple[dict, tuple]:
     """Relative errors of y, grad_x and the 16 parameter gradients against torch float64 at h x w,
-    and the C results (y, grad_x)."""
-    rng = np.random.default_rng(seed)
-    params = mod.init_params(seed)
-    x = rng.standard_normal((cfg.in_c, h, w)).astype(mod.DTYPE)
-    gy = rng.standard_normal((cfg.out_c, h, w)).astype(mod.DTYPE)
+    and the C results (y, grad_x). float32: the first seed from ``seed`` whose relu margins are
+    above 1e-6 (see relu_margin; about one seed in eight at 66x70)."""
+    cfg = cfg.with_sizes(h, w)
+    for _ in range(100):
+        rng = np.random.default_rng(seed)
+        params = mod.init_params(seed)
+        x = rng.standard_normal((cfg.in_c, h, w)).astype(mod.DTYPE)
+        gy = rng.standard_normal((cfg.out_c, h, w)).astype(mod.DTYPE)
+        if mod.DTYPE == np.float64 or relu_margin(cfg, params, x) > 1e-6:
+            break
+        seed += 1000
+    else:
+        raise AssertionError("no well-conditioned float32 input in 100 seeds")
     y = mod.forward(params, x)
     grads, gx = mod.backward(params, x, gy)
-    ry, rgrads, rgx = torch_reference(cfg.with_sizes(h, w), params, x, gy)
+    ry, rgrads, rgx = torch_reference(cfg, params, x, gy)
     assert len(grads) == 16 and y.shape == (cfg.out_c, h, w) and gx.shape == x.shape
     errs = {"y": rel_err(y, ry), "grad_x": rel_err(gx, rgx), **{k: rel_err(grads[k], rgrads[k]) for k in rgrads}}
     return errs, (y, gx)
@@ -79,7 +108,7 @@ def errors(mod, cfg: Config, h: int, w: int, seed: int = 3) -> tuple[dict, tuple
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_specialised_winograd_matches_pytorch(build, dtype):
-    """Winograd in every 3x3 layer with >= 16 channels both ways (forward and input gradient, both
+    """Winograd in the 3x3 layers with >= 16 (float32) / 32 (float64) channels both ways (forward and input gradient, both
     levels); float32: the -DUNETC_NO_WINOGRAD build of the same source (direct convolution) also
     matches, and differs from the Winograd one (so the Winograd path did run)."""
     cfg = wino_cfg(dtype)
@@ -131,6 +160,7 @@ def test_rule_keeps_direct_convolution_where_winograd_loses():
     symbolic sizes; the small matrix configs emit no Winograd call."""
     use = c_winograd.use_winograd
     assert use(64, 64, (128, 128), 3) is True and use(16, 32, (33, 35), 3) is True
+    assert use(16, 32, (33, 35), 3, 8) is False and use(32, 32, (33, 35), 3, 8) is True  # float64
     assert use(8, 8, (64, 64), 3) is False and use(3, 16, (128, 128), 3) is False
     assert use(64, 8, (128, 128), 3) is False and use(128, 128, (16, 16), 3) is False
     assert use(64, 64, (128, 128), 5) is False

@@ -1,27 +1,36 @@
 """Winograd convolution for the C target: where a stride-1 3x3 convolution (or input gradient)
 runs as Winograd F(2x2, 3x3) instead of direct convolution, and the kernel calls that compute it
-(``WINO2`` in templates/c_winograd.j2).
+(``WINO2`` in templates/c_winograd.j2). F(4x4, 3x3) is not implemented.
 
-Rule (:func:`use_winograd`): k == 3 and at least WINO_MIN_C input and output channels, and at
-least WINO_MIN_PIXELS output pixels (checked at run time for symbolic sizes). Measured numbers:
-see the module constants. Every Winograd layer also carries the direct convolution, taken when
-the size rule fails at run time or when the C is compiled with -DUNETC_NO_WINOGRAD (both paths
-always compile); ``ENABLED = False`` emits direct convolution only.
+Rule (:func:`use_winograd`): k == 3, min(C, O) >= WINO_MIN_C[dtype] (16 float32, 32 float64) and
+at least WINO_MIN_PIXELS = 1024 output pixels (checked at run time for symbolic sizes). Measured
+with /tmp/wino/bench.py (one layer, padding 1, C = O, 1 thread, min over 3 interleaved rounds on
+the shared 2-core Zen 3; ms direct / Winograd): float32 C=64 128x128 31.4/11.1, 64x64 6.95/2.55,
+32x32 1.62/0.90, 16x16 0.53/0.87; C=32 128x128 6.37/3.75, 32x32 0.47/0.41, 16x16 0.20/0.28;
+C=16 128x128 1.48/0.94, 64x64 0.64/0.54, 32x32 0.21/0.21, 16x16 0.05/0.40; C=8 64x64 0.14/0.15;
+C=128 16x16 2.03/2.98. float64: C=64 128x128 65.1/24.3, C=32 64x64 4.02/2.20, 32x32 0.96/0.65;
+C=16 128x128 2.28/3.66, 64x64 0.52/0.60; C=8 64x64 0.13/0.20. Below 1024 pixels the per-call
+weight transform (16 C O) and the block overheads outweigh the 2.25x fewer multiplies.
+
+Every Winograd layer also carries the direct convolution, taken when the pixel rule fails at
+run time or when the C is compiled with -DUNETC_NO_WINOGRAD (both paths always compile);
+``ENABLED = False`` emits direct convolution only.
 """
 from __future__ import annotations
 
 ENABLED = True  # False: never emit Winograd (tests compare both paths)
 TB = 32  # tiles (2 x 2 outputs) per block: the GEMM image width (a multiple of 2 vectors everywhere)
 SLOTS = 8  # scratch blocks: at most this many threads run one layer's blocks
-WINO_MIN_C = 16  # input and output channels from which Winograd runs ...
+WINO_MIN_C = {4: 16, 8: 32}  # input and output channels (per element size) from which Winograd runs ...
 WINO_MIN_PIXELS = 1024  # ... and output pixels
 
 _direct = False  # set while c_steps lays out the direct steps of a Winograd layer
 
 
-def use_winograd(c: int, o: int, out_hw, k: int):
-    """True / False, or a SymPy condition on the sizes (decided at run time)."""
-    if not ENABLED or _direct or k != 3 or min(c, o) < WINO_MIN_C:
+def use_winograd(c: int, o: int, out_hw, k: int, esize: int = 4):
+    """True / False, or a SymPy condition on the sizes (decided at run time), for c input and o
+    output channels, out_hw output sizes, a k x k kernel, elements of esize bytes."""
+    if not ENABLED or _direct or k != 3 or min(c, o) < WINO_MIN_C[esize]:
         return False
     ho, wo = out_hw
     return ho * wo >= WINO_MIN_PIXELS
@@ -35,7 +44,7 @@ def conv_steps(alloc, src: str, c: int, o: int, in_hw, out_hw, k: int, q: int, w
     from . import c_steps
     from .c_sizes import cond
 
-    use = cond(use_winograd(c, o, out_hw, k))
+    use = cond(use_winograd(c, o, out_hw, k, alloc.esize))
     if use is False:
         return None
     (h, w), (ho, wo) = in_hw, out_hw

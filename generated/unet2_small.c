@@ -35,12 +35,6 @@
 
 
 #define MR 8 /* output channels per register block */
-#ifndef MO
-#define MO 8 /* weight-gradient tile: output channels ... */
-#endif
-#ifndef NN
-#define NN 3 /* ... times (channel, ki, kj) entries (8 x 3 measured best on AVX-512) */
-#endif
 #ifndef WG_PIX
 #define WG_PIX 16384 /* weight-gradient pixels per cache block (whole rows) */
 #endif
@@ -145,6 +139,53 @@ static void kernel_pad(int C, int H, int W, int q, const float *restrict src, fl
 #define VBYTES 16 /* SSE2 / NEON, and any target GCC can lower 16-byte vectors for */
 #endif
 #define VL (VBYTES / (int)sizeof(float))
+/* Register tiles per ISA (16 vector registers below AVX-512, 32 with it; measured on Zen 3 AVX2
+   and on an AVX-512 Xeon): CONV_TILE is CT_M output channels x CT_V vectors (CT_M1 x 1 at the
+   row's end), its input loads pinned in registers when CT_PIN_LOADS; WGRAD_S1 is MO x NN;
+   WGRAD_OP at most WG_MVMAX o-vectors x NW entries. Each is overridable with -D. */
+#if VBYTES == 64
+#define T_CT_M 8
+#define T_CT_V 2
+#define T_PIN 0
+#define T_MO 8
+#define T_NN 3
+#define T_MV 4
+#else
+#define T_CT_M 4
+#define T_CT_V 2
+#define T_PIN 1
+#define T_MO 4
+#define T_NN 2
+#define T_MV 2
+#endif
+#ifndef CT_M
+#define CT_M T_CT_M
+#endif
+#ifndef CT_V
+#define CT_V T_CT_V
+#endif
+#ifndef CT_XS /* 1: CONV_S1 x-stationary (CONV_ROWX), 0: one output-channel block at a time */
+#define CT_XS 1
+#endif
+#ifndef CT_M1
+#define CT_M1 MR
+#endif
+#ifndef CT_PIN_LOADS
+#define CT_PIN_LOADS T_PIN
+#endif
+#ifndef MO
+#define MO T_MO
+#endif
+#ifndef NN
+#define NN T_NN
+#endif
+#ifndef WG_MVMAX
+#define WG_MVMAX T_MV
+#endif
+#ifndef NW
+#define NW 6
+#endif
+#define CT_PIN(v) do { if (CT_PIN_LOADS) VREG(v); } while (0)
 typedef float vec __attribute__((vector_size(VBYTES)));
 typedef int32_t ivec __attribute__((vector_size(VBYTES))); /* lane masks of vec */
 #define UNETC_VEC 1
@@ -161,10 +202,17 @@ static inline void vstore(float *p, vec v)
     memcpy(p, &v, sizeof v);
 }
 
+/* s on every lane, as an initializer list: GCC then broadcasts straight from memory (the old
+   `(vec){0} + s` cost a scalar add per broadcast, and turned -0 into +0) */
 static inline vec vsplat(float s)
 {
-    vec v = {0};
-    return v + s;
+#if VBYTES == 64
+    return (vec){ s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s };
+#elif VBYTES == 32
+    return (vec){ s, s, s, s, s, s, s, s };
+#else
+    return (vec){ s, s, s, s };
+#endif
 }
 
 /* Keep v in a register: GCC otherwise re-reads a value used by several FMAs as a memory operand
@@ -185,37 +233,44 @@ static inline vec vrelu(vec v)
 }
 
 
-/* One tile of CONV_S1: MR output channels x NV*VL output pixels of row h, in registers. XROW is an
-   expression in c and i: the first element of the padded input row h + i of channel c. */
-#define CONV_TILE(NV, C, K, XROW, H, W, O, RELU, Y)                                             \
+/* One tile of CONV_S1: MT output channels (M0 .. M0+MT-1 of the block ob) x NV*VL output pixels
+   of row h, in registers. XROW is an expression in c and i: the first element of the padded input
+   row h + i of channel c. */
+#define CONV_TILE(MT, M0, NV, C, K, XROW, H, W, O, RELU, Y)                                     \
     {                                                                                          \
-        vec acc[MR][NV];                                                                       \
-        for (int m = 0; m < MR; ++m)                                                           \
-            for (int v = 0; v < NV; ++v)                                                       \
-                acc[m][v] = vsplat(bv[m]);                                                     \
-        const float *restrict wq = wbase;                                                    \
+        vec acc[MT][NV];                                                                       \
+        for (int m = 0; m < (MT); ++m)                                                         \
+            for (int v = 0; v < (NV); ++v)                                                     \
+                acc[m][v] = vsplat(bv[(M0) + m]);                                              \
+        const float *restrict wq = wbase + (M0);                                             \
         for (int c = 0; c < (C); ++c)                                                          \
             for (int i = 0; i < (K); ++i) {                                                    \
                 const float *restrict xr = (XROW) + w0;                                      \
                 for (int j = 0; j < (K); ++j, wq += MR) {                                      \
                     vec xv[NV];                                                                \
-                    for (int v = 0; v < NV; ++v)                                               \
+                    for (int v = 0; v < (NV); ++v) {                                           \
                         xv[v] = vload(xr + j + v * VL);                                        \
-                    for (int m = 0; m < MR; ++m)                                               \
-                        for (int v = 0; v < NV; ++v)                                           \
+                        CT_PIN(xv[v]);                                                         \
+                    }                                                                          \
+                    for (int m = 0; m < (MT); ++m)                                             \
+                        for (int v = 0; v < (NV); ++v)                                         \
                             acc[m][v] += wq[m] * xv[v];                                        \
                 }                                                                              \
             }                                                                                  \
-        for (int m = 0; m < MR && ob * MR + m < (O); ++m)                                      \
-            for (int v = 0; v < NV; ++v) {                                                     \
+        for (int m = 0; m < (MT) && ob * MR + (M0) + m < (O); ++m)                             \
+            for (int v = 0; v < (NV); ++v) {                                                   \
                 if (RELU)                                                                      \
                     acc[m][v] = vrelu(acc[m][v]);                                              \
-                vstore((Y) + ((size_t)(ob * MR + m) * (H) + h) * (W) + w0 + v * VL, acc[m][v]); \
+                vstore((Y) + ((size_t)(ob * MR + (M0) + m) * (H) + h) * (W) + w0 + v * VL, acc[m][v]); \
             }                                                                                  \
     }
 #else
-#define CONV_TILE(NV, C, K, XROW, H, W, O, RELU, Y) {}
+#define CONV_TILE(MT, M0, NV, C, K, XROW, H, W, O, RELU, Y) {}
 #define VL 1
+#define CT_M MR /* no vector tiles: CONV_ROW's vector loops do not run */
+#define CT_V 1
+#define CT_M1 MR
+#define CT_XS 0
 #endif
 
 /* Output row h of CONV_S1 for the output-channel block ob: vector tiles, then scalar pixels. */
@@ -226,10 +281,17 @@ static inline vec vrelu(vec v)
             bv[m] = ((BIAS) && ob * MR + m < (O)) ? (BIAS)[ob * MR + m] : 0;                   \
         const float *restrict wbase = (WP) + (size_t)ob * (C) * (K) * (K) * MR;               \
         int w0 = 0;                                                                            \
-        for (; w0 + 2 * VL <= (W) && VL > 1; w0 += 2 * VL)                                      \
-            CONV_TILE(2, C, K, XROW, H, W, O, RELU, Y)                                         \
+        for (; w0 + CT_V * VL <= (W) && VL > 1; w0 += CT_V * VL)                                \
+            for (int m0 = 0; m0 < MR && ob * MR + m0 < (O); m0 += CT_M)                        \
+                CONV_TILE(CT_M, m0, CT_V, C, K, XROW, H, W, O, RELU, Y)                        \
         for (; w0 + VL <= (W) && VL > 1; w0 += VL)                                              \
-            CONV_TILE(1, C, K, XROW, H, W, O, RELU, Y)                                         \
+            for (int m0 = 0; m0 < MR && ob * MR + m0 < (O); m0 += CT_M1)                       \
+                CONV_TILE(CT_M1, m0, 1, C, K, XROW, H, W, O, RELU, Y)                          \
+        CONV_PIXELS(C, O, H, W, K, XROW, RELU, Y)                                              \
+    }
+
+/* The scalar pixels w0 .. W-1 of row h, block ob (bv, wbase as in CONV_ROW) */
+#define CONV_PIXELS(C, O, H, W, K, XROW, RELU, Y)                                              \
         for (; w0 < (W); ++w0) {                                                               \
             float acc[MR];                                                                   \
             for (int m = 0; m < MR; ++m)                                                       \
@@ -244,6 +306,37 @@ static inline vec vrelu(vec v)
                 }                                                                              \
             for (int m = 0; m < MR && ob * MR + m < (O); ++m)                                  \
                 (Y)[((size_t)(ob * MR + m) * (H) + h) * (W) + w0] = (RELU) && acc[m] < 0 ? 0 : acc[m]; \
+        }
+
+/* Output row h of CONV_S1 for every output-channel block, x-stationary: for each tile of pixels
+   every block ob runs on the same input (C*K rows of the tile's width, in L1), the packed weights
+   streaming in order; CONV_ROW's order (ob outer) re-reads the input of each tile per block from
+   L2 or further, C*K streams at once. */
+#define CONV_ROWX(C, O, H, W, K, XROW, WP, BIAS, RELU, Y)                                       \
+    {                                                                                          \
+        int w0 = 0;                                                                            \
+        for (; w0 + CT_V * VL <= (W) && VL > 1; w0 += CT_V * VL)                                \
+            for (int ob = 0; ob < ((O) + MR - 1) / MR; ++ob) {                                 \
+                float bv[MR];                                                                \
+                for (int m = 0; m < MR; ++m)                                                   \
+                    bv[m] = ((BIAS) && ob * MR + m < (O)) ? (BIAS)[ob * MR + m] : 0;           \
+                const float *restrict wbase = (WP) + (size_t)ob * (C) * (K) * (K) * MR;       \
+                (void)wbase, (void)bv; /* unused where CONV_TILE is empty (no vector extension) */ \
+                for (int m0 = 0; m0 < MR && ob * MR + m0 < (O); m0 += CT_M)                    \
+                    CONV_TILE(CT_M, m0, CT_V, C, K, XROW, H, W, O, RELU, Y)                    \
+            }                                                                                  \
+        if (w0 < (W)) {                                                                        \
+            const int wt_ = w0;                                                                \
+            for (int ob = 0; ob < ((O) + MR - 1) / MR; ++ob) {                                 \
+                float bv[MR];                                                                \
+                for (int m = 0; m < MR; ++m)                                                   \
+                    bv[m] = ((BIAS) && ob * MR + m < (O)) ? (BIAS)[ob * MR + m] : 0;           \
+                const float *restrict wbase = (WP) + (size_t)ob * (C) * (K) * (K) * MR;       \
+                for (w0 = wt_; w0 + VL <= (W) && VL > 1; w0 += VL)                             \
+                    for (int m0 = 0; m0 < MR && ob * MR + m0 < (O); m0 += CT_M1)               \
+                        CONV_TILE(CT_M1, m0, 1, C, K, XROW, H, W, O, RELU, Y)                  \
+                CONV_PIXELS(C, O, H, W, K, XROW, RELU, Y)                                      \
+            }                                                                                  \
         }                                                                                      \
     }
 
@@ -254,11 +347,18 @@ static inline vec vrelu(vec v)
     {                                                                                          \
         const int par = (double)(O) * (H) * (W) * (C) * (K) * (K) > PAR_MIN;                   \
         (void)par;                                                                             \
-        PARALLEL_FOR2                                                                          \
-        for (int ob = 0; ob < ((O) + MR - 1) / MR; ++ob)                                       \
+        if (CT_XS) {                                                                           \
+            PARALLEL_FOR1                                                                      \
             for (int h = 0; h < (H); ++h)                                                      \
-                CONV_ROW(C, O, H, W, K, (XPAD) + ((size_t)c * ((H) + (K) - 1) + h + i) * ((W) + (K) - 1), \
-                         WP, BIAS, RELU, Y)                                                    \
+                CONV_ROWX(C, O, H, W, K, (XPAD) + ((size_t)c * ((H) + (K) - 1) + h + i) * ((W) + (K) - 1), \
+                          WP, BIAS, RELU, Y)                                                   \
+        } else {                                                                               \
+            PARALLEL_FOR2                                                                      \
+            for (int ob = 0; ob < ((O) + MR - 1) / MR; ++ob)                                   \
+                for (int h = 0; h < (H); ++h)                                                  \
+                    CONV_ROW(C, O, H, W, K, (XPAD) + ((size_t)c * ((H) + (K) - 1) + h + i) * ((W) + (K) - 1), \
+                             WP, BIAS, RELU, Y)                                                \
+        }                                                                                      \
     }
 
 /* The same Y as CONV_S1 of X (C, H+K-1-2Q, W+K-1-2Q) zero-padded by Q, without a padded copy of X:
@@ -290,8 +390,11 @@ static inline vec vrelu(vec v)
                 RING_FILL(C, K, Q, HX_, WX_, WP_, X, ring, r)                                  \
             for (int h = h0_; h < h1_; ++h) {                                                  \
                 RING_FILL(C, K, Q, HX_, WX_, WP_, X, ring, h + (K) - 1)                        \
-                for (int ob = 0; ob < ((O) + MR - 1) / MR; ++ob)                               \
-                    CONV_ROW(C, O, H, W, K, ring + ((size_t)c * (K) + (h + i) % (K)) * WP_, WP, BIAS, RELU, Y) \
+                if (CT_XS)                                                                     \
+                    CONV_ROWX(C, O, H, W, K, ring + ((size_t)c * (K) + (h + i) % (K)) * WP_, WP, BIAS, RELU, Y) \
+                else                                                                           \
+                    for (int ob = 0; ob < ((O) + MR - 1) / MR; ++ob)                           \
+                        CONV_ROW(C, O, H, W, K, ring + ((size_t)c * (K) + (h + i) % (K)) * WP_, WP, BIAS, RELU, Y) \
             }                                                                                  \
         }                                                                                      \
     }
@@ -364,10 +467,11 @@ static inline vec vrelu(vec v)
    DT[p][o..] * XPAD[entry at p] (a broadcast) over the block's pixels and add into DWT
    (C*K*K, OP). At the end DW = DWT transposed. DT needs WPB rounded up to whole rows times OP
    elements and DWT C*K*K*OP (both in the caller's scratch). */
+#ifndef WPB
 #define WPB 1024 /* weight-gradient pixels per block (outer-product kernel) */
-#define NW 6     /* (channel, ki, kj) entries per outer-product tile */
+#endif
 #define WG_OP(O) ((((O) + VL - 1) / VL) * VL)
-#define WG_MV(O) (((O) + VL - 1) / VL < 4 ? ((O) + VL - 1) / VL : 4)
+#define WG_MV(O) (((O) + VL - 1) / VL < WG_MVMAX ? ((O) + VL - 1) / VL : WG_MVMAX)
 #define WGRAD_OP(C, O, H, W, K, XPAD, DY, DT, DWT, DW)                                        \
     {                                                                                          \
         enum { OV_ = ((O) + VL - 1) / VL, MV_ = WG_MV(O), NT_ = (C) * (K) * (K) };             \
@@ -930,7 +1034,24 @@ const char *unet2_small_strerror(int code)
 
 const char *unet2_small_build_id(void)
 {
-    return "01a216cefe020a9be03ef0e9e7d427ef3582f4511ed9784215dbc7e9b6e16964";
+    return "a0b078a935a5242b620679b3571821ef513e19d549d3aeab430510ddd701b838";
+}
+
+#define UNETC_STR_(x) #x
+#define UNETC_STR(x) UNETC_STR_(x)
+#ifndef UNETC_WINO_TUNING /* c_winograd.j2 may describe its choices */
+#define UNETC_WINO_TUNING ""
+#endif
+const char *unet2_small_tuning(void)
+{
+#ifdef UNETC_VEC
+    return "vector " UNETC_STR(VBYTES) " bytes; conv tile " UNETC_STR(CT_M) "x" UNETC_STR(CT_V)
+           " (loads pinned: " UNETC_STR(CT_PIN_LOADS) "); wgrad_s1 " UNETC_STR(MO) "x" UNETC_STR(NN)
+           "; wgrad_op " UNETC_STR(WG_MVMAX) "x" UNETC_STR(NW) " per " UNETC_STR(WPB) " pixels"
+           UNETC_WINO_TUNING;
+#else
+    return "scalar (no vector extension)" UNETC_WINO_TUNING;
+#endif
 }
 
 static unsigned char *unet2_small_align(void *ws)

@@ -107,4 +107,8 @@ const char *unet2_small_strerror(int code);
    checks that a compiled library is the one it was generated with. */
 const char *unet2_small_build_id(void);
 
+/* The kernels this build compiled to (one line): vector width and register tiles, which depend on
+   the compile flags (-march) and may be overridden with -D (see the tile table in unet2_small.c). */
+const char *unet2_small_tuning(void);
+
 #endif /* UNET2_SMALL_H */

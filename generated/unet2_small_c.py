@@ -185,8 +185,8 @@ def load_params(path):
 
 
 WORKSPACE_BYTES = 33472  # one image: unet2_small_workspace_bytes(1)
-BUILD_ID = "01a216cefe020a9be03ef0e9e7d427ef3582f4511ed9784215dbc7e9b6e16964"  # what unet2_small_build_id() of the library must return
-SOURCE_SHA256 = "2812bc349bafcc5971db14f2adbb49aabb0d58a77aad5f61465fc7c059e03946"  # sha256 of unet2_small.h, a NUL byte and unet2_small.c as emitted
+BUILD_ID = "a0b078a935a5242b620679b3571821ef513e19d549d3aeab430510ddd701b838"  # what unet2_small_build_id() of the library must return
+SOURCE_SHA256 = "165dda5d5bca16bc7726f100286734201ee6feb88bccdd4a67e2bfa2be8f27a1"  # sha256 of unet2_small.h, a NUL byte and unet2_small.c as emitted
 DEFAULT_CFLAGS = "-O3 -march=native -ffp-contract=fast -fopenmp -std=c99"
 FALLBACK_CFLAGS = "-O3 -std=c99"  # when a trivial file does not build with the defaults (no OpenMP, no -march=native)
 STALE_SECONDS = 3600  # temporary files of the cache older than this are left over from a killed build
@@ -459,6 +459,7 @@ _lib.unet2_small_workspace_bytes.argtypes = [ctypes.c_int, *_HW]
 _lib.unet2_small_workspace_bytes.restype = ctypes.c_size_t
 _lib.unet2_small_strerror.argtypes = [ctypes.c_int]
 _lib.unet2_small_strerror.restype = ctypes.c_char_p
+_lib.unet2_small_tuning.restype = ctypes.c_char_p
 if _lib.unet2_small_workspace_bytes(1) != WORKSPACE_BYTES:
     raise ImportError(f"unetc: {LIBRARY_PATH} does not match this module (workspace size differs)")
 IN_C, OUT_C = 1, 2
@@ -470,6 +471,16 @@ for _k, _s in PARAM_SHAPES.items():
     _n = int(np.prod(_s))
     _GRAD_SLOTS[_k] = (_GRAD_SIZE, _n, _s)
     _GRAD_SIZE += -(-_n // _LINE) * _LINE
+
+
+def tuning():
+    """One line: the vector width and register tiles the loaded library was compiled with."""
+    return _lib.unet2_small_tuning().decode("ascii", "replace")
+
+
+def workspace_bytes(n=1):
+    """Bytes of workspace the C forward/backward need for n images."""
+    return int(_lib.unet2_small_workspace_bytes(int(n)))
 
 
 def _workspace(n, *hw):

@@ -141,6 +141,7 @@ def test_winograd_strict_warnings_and_sanitizers(tmp_path, monkeypatch):
     -Wall -Wextra -Wpedantic -Werror, address and undefined-behaviour sanitizers, OpenMP threads;
     PASS against the emit-time reference."""
     monkeypatch.setattr(c_winograd, "WINO_MIN_PIXELS", 64)
+    monkeypatch.setattr(c_winograd, "WINO_FEW_PIXELS", {4: 64, 8: 64})
     cfg = Config(name="wino_tb", dtype="float64", in_h=34, in_w=22, **BASE)
     write_all(tmp_path, c_target.files(specialize(cfg), True))
     assert (tmp_path / "wino_tb.c").read_text().count("{ WINO2(") >= 10
@@ -159,7 +160,8 @@ def test_rule_keeps_direct_convolution_where_winograd_loses():
     """Direct for few channels, tiny images, kernels other than 3; a run-time condition for
     symbolic sizes; the small matrix configs emit no Winograd call."""
     use = c_winograd.use_winograd
-    assert use(64, 64, (128, 128), 3) is True and use(16, 32, (33, 35), 3) is True
+    assert use(64, 64, (128, 128), 3) is True and use(32, 64, (33, 35), 3) is True
+    assert use(16, 32, (128, 128), 3) is True and use(16, 32, (64, 64), 3) is False  # 16 channels: >= 8192 pixels
     assert use(16, 32, (33, 35), 3, 8) is False and use(32, 32, (33, 35), 3, 8) is True  # float64
     assert use(8, 8, (64, 64), 3) is False and use(3, 16, (128, 128), 3) is False
     assert use(64, 8, (128, 128), 3) is False and use(128, 128, (16, 16), 3) is False
@@ -168,5 +170,7 @@ def test_rule_keeps_direct_convolution_where_winograd_loses():
     assert isinstance(use(32, 32, (h, w), 3), sympy.Basic) and use(8, 8, (h, w), 3) is False
     tiny = Config(name="wino_tiny", in_c=1, out_c=2, in_h=64, in_w=64, base_c=4)  # 4 and 8 channels
     assert c_target.files(specialize(tiny))["wino_tiny.c"].count("{ WINO2(") == 0
-    small = Config(name="wino_small", in_c=1, out_c=2, in_h=64, in_w=64, base_c=8)  # only 16 -> 16 at 32x32
-    assert c_target.files(specialize(small))["wino_small.c"].count("{ WINO2(16, 16, 32, 32,") == 2
+    small = Config(name="wino_small", in_c=1, out_c=2, in_h=64, in_w=64, base_c=8)  # 16 -> 16 at 32x32: direct
+    assert c_target.files(specialize(small))["wino_small.c"].count("{ WINO2(") == 0
+    b16 = Config(name="wino_b16", in_c=1, out_c=2, in_h=128, in_w=128, base_c=16)  # 16 channels at 128x128
+    assert c_target.files(specialize(b16))["wino_b16.c"].count("{ WINO2(16, 16, 128, 128,") == 4  # down1_2, up1_2 and their input gradients

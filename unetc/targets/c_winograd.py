@@ -22,7 +22,10 @@ ENABLED = True  # False: never emit Winograd (tests compare both paths)
 TB = 32  # tiles (2 x 2 outputs) per block: the GEMM image width (a multiple of 2 vectors everywhere)
 SLOTS = 8  # scratch blocks: at most this many threads run one layer's blocks
 WINO_MIN_C = {4: 16, 8: 32}  # input and output channels (per element size) from which Winograd runs ...
-WINO_MIN_PIXELS = 1024  # ... and output pixels
+WINO_MIN_PIXELS = 1024  # ... and output pixels, ...
+WINO_FEW_PIXELS = {4: 8192, 8: 1024}  # ... or these many when min(C, O) < twice WINO_MIN_C: at 2
+# threads (the direct kernel scales better) a float32 16-channel layer lost at 64x64 (base_c 16:
+# f+b 3.9 vs 3.1 ms) and won at 128x128 (1.6x, 1 thread)
 
 _direct = False  # set while c_steps lays out the direct steps of a Winograd layer
 
@@ -33,7 +36,8 @@ def use_winograd(c: int, o: int, out_hw, k: int, esize: int = 4):
     if not ENABLED or _direct or k != 3 or min(c, o) < WINO_MIN_C[esize]:
         return False
     ho, wo = out_hw
-    return ho * wo >= WINO_MIN_PIXELS
+    few = min(c, o) < 2 * WINO_MIN_C[esize]
+    return ho * wo >= (max(WINO_MIN_PIXELS, WINO_FEW_PIXELS[esize]) if few else WINO_MIN_PIXELS)
 
 
 def conv_steps(alloc, src: str, c: int, o: int, in_hw, out_hw, k: int, q: int, wp: str,

@@ -185,6 +185,9 @@ static void kernel_pad(int C, int H, int W, int q, const float *restrict src, fl
 #ifndef NW
 #define NW 6
 #endif
+#ifndef WG_OP_MIN_O /* output channels from which WGRAD_OP beats WGRAD_S1 (c_steps.WGRAD_OP_MIN_O) */
+#define WG_OP_MIN_O (VBYTES == 64 ? 17 : 9)
+#endif
 #define CT_PIN(v) do { if (CT_PIN_LOADS) VREG(v); } while (0)
 typedef float vec __attribute__((vector_size(VBYTES)));
 typedef int32_t ivec __attribute__((vector_size(VBYTES))); /* lane masks of vec */
@@ -271,6 +274,7 @@ static inline vec vrelu(vec v)
 #define CT_V 1
 #define CT_M1 MR
 #define CT_XS 0
+#define WG_OP_MIN_O 17
 #endif
 
 /* Output row h of CONV_S1 for the output-channel block ob: vector tiles, then scalar pixels. */
@@ -1034,7 +1038,7 @@ const char *unet2_small_strerror(int code)
 
 const char *unet2_small_build_id(void)
 {
-    return "a0b078a935a5242b620679b3571821ef513e19d549d3aeab430510ddd701b838";
+    return "5a02f35bf1ff76f7e8ae347ed72957fb74a579c276cb0ca0dae6723fa3aacaf4";
 }
 
 #define UNETC_STR_(x) #x

@@ -18,8 +18,11 @@ MR = 8  # output channels per register block of CONV_S1 (templates/c_kernels.j2)
 VMAX = 64  # bytes of the widest vector the C may use (VBYTES, templates/c_kernels.j2)
 RING_BYTES = 65536  # at most this many stack bytes for CONV_S1_RING's ring of padded rows
 WPB = 1024  # pixels per block of the outer-product weight gradient (WPB in c_kernels.j2)
-WGRAD_OP_MIN_O = 17  # output channels from which the weight gradient uses WGRAD_OP (more than one
-# 64-byte float32 vector: at one vector per tile its 6 broadcasts per FMA row lose to WGRAD_S1) ...
+WGRAD_OP_MIN_O = 9  # output channels from which the weight gradient may use WGRAD_OP: from
+# WG_OP_MIN_O of the compiled ISA (c_kernels.j2: more than one vector of 8 or 16 floats; at one
+# vector per tile its 6 broadcasts per FMA row lose to WGRAD_S1 on AVX-512; on AVX2 WGRAD_OP at
+# 16 channels took 0.6 vs 1.1 ms at 64x64) ...
+WGRAD_OP_MIN_O_ANY_ISA = 17  # ... and on every ISA from this many
 WGRAD_OP_MIN_N = 64  # ... and (channel, ki, kj) entries: 9 entries (the first conv) ran 4x slower
 # than WGRAD_S1 at base_c 64, 128x128 (254 vs 65 us), its per-block dy transpose dominating
 HELPERS = ("kernel_pad", "kernel_im2col", "kernel_col2im_add", "kernel_fill")  # the
@@ -149,7 +152,10 @@ def _wgrad_s1(alloc: Scratch, c: int, o: int, h, w, k: int, xpad: str, dy: str) 
         return f"WGRAD_S1({args(c, o, h, w, k)}, {xpad}, {dy}, out)"
     o_pad = rup(o * alloc.esize, VMAX) // alloc.esize  # o rounded up to the widest vector
     dt, dwt = alloc(smin(h, smax(1, _wpb_rows(w))) * w * o_pad), alloc(c * k * k * o_pad)
-    return f"WGRAD_OP({args(c, o, h, w, k)}, {xpad}, {dy}, {dt}, {dwt}, out)"
+    op = f"WGRAD_OP({args(c, o, h, w, k)}, {xpad}, {dy}, {dt}, {dwt}, out)"
+    if o >= WGRAD_OP_MIN_O_ANY_ISA:
+        return op
+    return f"if ({o} >= WG_OP_MIN_O) {{ {op}; }} else {{ WGRAD_S1({args(c, o, h, w, k)}, {xpad}, {dy}, out); }}"
 
 
 def _wpb_rows(w):

@@ -31,6 +31,7 @@
 #define ALIGN 64
 #define BATCH_SLOTS 16 /* at most this many images in flight when the batch runs in parallel */
 #define BATCH_BYTES 268435456u /* ... and at most this many bytes of slots (at least one slot) */
+#define SLOT_PAR_BYTES 33554432u /* images of a larger slot run one by one (kernels in parallel) */
 #define GRAD_BYTES 7040u /* one set of parameter gradients, each 64-byte aligned */
 
 
@@ -999,9 +1000,12 @@ static void k49_conv2d_grad_input_down1_1(const float *restrict dy, const float 
 
 
 /* Workspace slots for a batch of n images whose slot is `slot` bytes: min(n, BATCH_SLOTS, the
-   slots that fit in BATCH_BYTES), at least 1 (1: images one by one, kernels in parallel) */
+   slots that fit in BATCH_BYTES), at least 1, and 1 for slots over SLOT_PAR_BYTES (1: images one
+   by one, kernels in parallel) */
 static int unet2_small_slots(int n, size_t slot)
 {
+    if (slot > SLOT_PAR_BYTES)
+        return 1;
     const size_t fit = BATCH_BYTES / slot;
     const int most = fit < BATCH_SLOTS ? (int)fit : BATCH_SLOTS;
     return n <= 1 || most <= 1 ? 1 : n < most ? n : most;
@@ -1038,7 +1042,7 @@ const char *unet2_small_strerror(int code)
 
 const char *unet2_small_build_id(void)
 {
-    return "5a02f35bf1ff76f7e8ae347ed72957fb74a579c276cb0ca0dae6723fa3aacaf4";
+    return "11de6d436a9ffb9ca86f18d311d4058a35ec7b4e63f61ed4700f50053f4c85a2";
 }
 
 #define UNETC_STR_(x) #x

@@ -10,7 +10,8 @@ valid set first (:mod:`.c_poly`).
 
 Batch: every entry point takes n images. Images run in parallel over the batch (one workspace
 slot per worker, images in contiguous runs, the remainder one by one) when at least two slots
-fit in BATCH_BYTES, else one after the other with the kernels' own threads. Parameter
+fit in BATCH_BYTES and a slot is at most SLOT_PAR_BYTES, else one after the other with the
+kernels' own threads. Parameter
 gradients are summed over the batch: per worker in image order, then the workers in order, then
 the remainder (deterministic for a given thread count; the order changes with it).
 """
@@ -31,7 +32,10 @@ from .numpy_target import init_bounds
 BATCH_SLOTS = 16  # at most this many images in flight (workspace slots) when the batch runs in parallel ...
 BATCH_BYTES = 256 << 20  # ... and at most this many bytes of slots: images of a larger slot run one by one
 # (parallel kernels). Batch-parallel ran 1.1x (quiet) to 6x (busy cores: no fork/join per kernel) faster
-# per image at base_c 32, 128x128, 2 threads (see the C target's report in the issue)
+# per image at base_c 32, 128x128, 2 threads (see the C target's report in the issue) ...
+SLOT_PAR_BYTES = 32 << 20  # ... for slots up to this many bytes: larger images run one by one (base_c 64,
+# 128x128, a 45 MiB slot: 15% slower per image two at a time, each on one core, than one by one
+# on both; base_c 32, 128x128, 22 MiB: 0-17% faster; Zen 3, AVX2, 2 threads, quiet)
 INT_SAFE = 2**31 - 2**20  # element extents up to this are indexed with int (the margin covers loop
 # overshoot like `i + 4 * VL <= n` and window offsets); beyond it the C indexes with ptrdiff_t
 MAX_BYTES = 2**46  # the C target refuses a workspace or an array larger than this (64 TiB)
@@ -199,7 +203,7 @@ def files(sp: Specialized, testbench: bool = False, weights: dict | None = None)
                   image_literal=None if poly else _ws_literal(ws - ALIGN), scratch_off=scratch_off,
                   stack=max([min(a.stack, RING_BYTES) for a in conv_allocs(sp, _esize(sp))] + [0]),
                   grads=[(var(p), goffs[p], numel(s)) for p, s in sp.params.items()], grad_bytes=gbytes,
-                  batch_slots=BATCH_SLOTS, batch_bytes=BATCH_BYTES,
+                  batch_slots=BATCH_SLOTS, batch_bytes=BATCH_BYTES, slot_par_bytes=SLOT_PAR_BYTES,
                   largest_bytes=largest if largest >= 2**31 else None)
     header = render("c_header.h.j2", **common, weights=weights is not None)
     source = render("c_source.c.j2", kernels=kern_list, helpers=helpers, fwd=fctx, bwd=bctx,

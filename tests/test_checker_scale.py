@@ -230,3 +230,20 @@ def test_checker_imports_no_target():
     code = "import unetc.checker, sys; print([m for m in sys.modules if 'targets' in m])"
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert p.stdout.strip() == "[]", p.stdout + p.stderr
+
+
+@pytest.mark.parametrize("in_h, in_w", [("H", "W"), (16, 12)])
+def test_specialize_reuses_the_checkers_graph(in_h, in_w, monkeypatch):
+    """Emit builds the symbolic graph once: specialize takes the one the checker analysed."""
+    from unetc import graph, specialize
+
+    built = []
+    real = graph.build_at
+    monkeypatch.setattr(graph, "build_at", lambda *a: built.append(a) or real(*a))
+    monkeypatch.setattr(specialize, "build_at", lambda *a: built.append(a) or real(*a))
+    cfg = Config(name="once", in_h=in_h, in_w=in_w)
+    report = check(cfg)
+    n_check = len(built)
+    sp = specialize.specialize(cfg, report)
+    assert len(built) == n_check  # specialize built no graph of its own
+    assert sp.shapes["y"] == (2, *(graph.SIZE_SYMBOLS if in_h == "H" else (16, 12)))

@@ -65,6 +65,7 @@ class Report:
     workspace_bytes: int | None = None  # C target workspace: filled in by the caller, never by check()
     limits: dict[str, int] = field(default_factory=lambda: dict(LIMITS))  # the checker's own limits
     warnings: list[str] = field(default_factory=list)  # e.g. a tensor too large for 32-bit indexing
+    graph: Graph | None = field(default=None, repr=False, compare=False)  # the symbolic graph analysed
 
     @property
     def ok(self) -> bool:
@@ -241,7 +242,7 @@ def check(cfg: Config) -> Report:
             constraints.append(Constraint(eq.name, eq.layer, eq.axis, status, lhs, rhs, s, msg))
     g_at = g if isinstance(cfg.in_h, str) and isinstance(cfg.in_w, str) else build(cfg)
     layers = _layers(g_at)
-    return Report(cfg, constraints, axis_sets, layers, concrete, warnings=_warnings(g_at, len(layers)))
+    return Report(cfg, constraints, axis_sets, layers, concrete, warnings=_warnings(g_at, len(layers)), graph=g)
 
 
 def solve(name: str, layer: str, axis: str, lhs, rhs, sym: sp.Symbol, reqs: list[Requirement]) -> IntSet:

@@ -93,7 +93,9 @@ def specialize(cfg: Config, report: Report | None = None) -> Specialized:
     report = report or check(cfg)
     if not report.ok:
         raise ShapeError(f"cannot emit for this size: {_refusal(report)}")
-    g = build_at(cfg, *SIZE_SYMBOLS)
+    g = report.graph  # the graph the checker analysed, when it is at H, W: built once
+    if g is None or (g.h, g.w) != SIZE_SYMBOLS or g.config != cfg:
+        g = build_at(cfg, *SIZE_SYMBOLS)
     bw = derive(g)
     values = {s: v for s, v in zip(SIZE_SYMBOLS, (cfg.in_h, cfg.in_w)) if isinstance(v, int)}
     if values:

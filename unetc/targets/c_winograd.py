@@ -46,20 +46,23 @@ def conv_steps(alloc, src: str, c: int, o: int, in_hw, out_hw, k: int, q: int, w
     zero-padded by q with the packed weights wp (then relu), or None for direct convolution."""
     global _direct
     from . import c_steps
-    from .c_sizes import cond
+    from .c_sizes import cond, smax
 
     use = cond(use_winograd(c, o, out_hw, k, alloc.esize))
     if use is False:
         return None
     (h, w), (ho, wo) = in_hw, out_hw
+    start = alloc.used  # the direct steps' scratch overlays Winograd's: one of the two runs
     u = alloc(16 * -(-o // c_steps.MR) * c_steps.MR * c)
     vm = alloc(SLOTS * 16 * (c + o) * TB)
+    wino_end, alloc.used = alloc.used, start
     wino = f"WINO2({c_steps.args(c, o, h, w, q, ho, wo, TB)}, {src}, {wp}, {bias}, {int(relu)}, {u}, {vm}, {SLOTS}, out)"
     _direct = True
     try:
         direct = c_steps._conv_s1(alloc, src, c, o, in_hw, out_hw, k, q, wp, bias, relu)
     finally:
         _direct = False
+    alloc.used = smax(alloc.used, wino_end)
     test = "WINO_ON" if use is True else f"WINO_ON && {use}"
     body = " ".join(f"{s};" for s in direct)
     return [f"if ({test}) {{ {wino}; }} else {{ {body} }}"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
-import importlib.util
 import time
 
 import numpy as np
@@ -14,6 +13,7 @@ import pytest
 
 from conftest import EXAMPLES, model_valid, valid_geometries
 from test_symbolic_numpy import checker_message
+from prop_strategies import load_module
 from torch_ref import CONFIG_MATRIX, rel_err
 from unetc.checker import check
 from unetc.config import Config, load
@@ -39,12 +39,6 @@ def torch_batched(cfg: Config, params: dict, x: np.ndarray, gy: np.ndarray):
     y.backward(torch.tensor(np.asarray(gy, dtype=np.float64)))
     return y.detach().numpy(), {k: p.grad.numpy() for k, p in m.named_parameters()}, xt.grad.numpy()
 
-
-def load_module(path, name):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")

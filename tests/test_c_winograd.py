@@ -6,7 +6,6 @@ direct path), a strict-warning + sanitizer testbench, and the rule (direct for f
 tiny images, other kernels)."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 import sympy
 
+from prop_strategies import load_module
 from torch_ref import rel_err, torch_reference
 from unetc.config import Config
 from unetc.emitter import write_all
@@ -34,12 +34,6 @@ def wino_cfg(dtype: str, poly: bool = False) -> Config:
     return Config(name=f"wino_{'poly' if poly else 'spec'}_{dtype[-2:]}", dtype=dtype, in_h=h, in_w=w, **BASE)
 
 
-def _load(path, name):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
 
 @pytest.fixture(scope="module")
 def build(tmp_path_factory):
@@ -54,7 +48,7 @@ def build(tmp_path_factory):
             out = tmp_path_factory.mktemp(cfg.name)
             write_all(out, c_target.files(specialize(cfg), False))
             mp.setenv("UNETC_CFLAGS", f"{FAST} {extra}".strip())
-            mod = _load(out / f"{cfg.name}_c.py", f"cw_{cfg.name}_{len(made)}")
+            mod = load_module(out / f"{cfg.name}_c.py", f"cw_{cfg.name}_{len(made)}")
             made[key] = mod, (out / f"{cfg.name}.c").read_text()
         return made[key]
 

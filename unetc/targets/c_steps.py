@@ -65,12 +65,28 @@ def _padded(alloc: Scratch, src: str, c: int, h, w, q: int) -> tuple[list[str], 
 def _conv_s1(alloc: Scratch, src: str, c: int, o: int, in_hw, out_hw, k: int, q: int,
              wp: str, bias: str, relu: bool) -> list[str]:
     """Steps of out (o, out_hw) = bias + stride-1 correlation of src (c, in_hw) zero-padded by q
-    with the packed weights wp (then relu): CONV_S1_RING where its ring of c*k padded rows fits
+    with the packed weights wp (then relu): Winograd (:mod:`.c_winograd`) where its rule holds
+    (at run time for symbolic sizes, and unless compiled with -DUNETC_NO_WINOGRAD), else
+    _direct_s1; a Winograd layer also carries the direct steps, their scratch overlaying
+    Winograd's (one of the two runs)."""
+    use = cond(c_winograd.use_winograd(c, o, out_hw, k, alloc.esize))
+    if use is False:
+        return _direct_s1(alloc, src, c, o, in_hw, out_hw, k, q, wp, bias, relu)
+    start = alloc.used
+    n_u, n_vm = c_winograd.scratch(c, o, MR)
+    u, vm = alloc(n_u), alloc(n_vm)
+    wino = c_winograd.call(c, o, in_hw, out_hw, q, src, wp, bias, relu, u, vm)
+    wino_end, alloc.used = alloc.used, start
+    direct = _direct_s1(alloc, src, c, o, in_hw, out_hw, k, q, wp, bias, relu)
+    alloc.used = smax(alloc.used, wino_end)
+    return choose("(WINO_ON)" if use is True else f"(WINO_ON && {use})", [wino], direct)
+
+
+def _direct_s1(alloc: Scratch, src: str, c: int, o: int, in_hw, out_hw, k: int, q: int,
+               wp: str, bias: str, relu: bool) -> list[str]:
+    """The direct steps of _conv_s1: CONV_S1_RING where its ring of c*k padded rows fits
     in RING_BYTES, else CONV_S1 on a padded copy."""
     (h, w), (ho, wo) = in_hw, out_hw
-    wino = c_winograd.conv_steps(alloc, src, c, o, in_hw, out_hw, k, q, wp, bias, relu)
-    if wino is not None:
-        return wino
     ring = c * k * (wo + k - 1) * alloc.esize
     fits = q > 0 and cond(ring <= RING_BYTES)
     if fits is not False:
@@ -155,7 +171,7 @@ def _wgrad_s1(alloc: Scratch, c: int, o: int, h, w, k: int, xpad: str, dy: str) 
     op = f"WGRAD_OP({args(c, o, h, w, k)}, {xpad}, {dy}, {dt}, {dwt}, out)"
     if o >= WGRAD_OP_MIN_O_ANY_ISA:
         return op
-    return f"if ({o} >= WG_OP_MIN_O) {{ {op}; }} else {{ WGRAD_S1({args(c, o, h, w, k)}, {xpad}, {dy}, out); }}"
+    return choose(f"({o} >= WG_OP_MIN_O)", [op], [f"WGRAD_S1({args(c, o, h, w, k)}, {xpad}, {dy}, out)"])[0]
 
 
 def _wpb_rows(w):

@@ -18,6 +18,8 @@ run time or when the C is compiled with -DUNETC_NO_WINOGRAD (both paths always c
 """
 from __future__ import annotations
 
+from .c_sizes import cx
+
 ENABLED = True  # False: never emit Winograd (tests compare both paths)
 TB = 32  # tiles (2 x 2 outputs) per block: the GEMM image width (a multiple of 2 vectors everywhere)
 SLOTS = 8  # scratch blocks: at most this many threads run one layer's blocks
@@ -27,42 +29,27 @@ WINO_FEW_PIXELS = {4: 8192, 8: 1024}  # ... or these many when min(C, O) < twice
 # threads (the direct kernel scales better) a float32 16-channel layer lost at 64x64 (base_c 16:
 # f+b 3.9 vs 3.1 ms) and won at 128x128 (1.6x, 1 thread)
 
-_direct = False  # set while c_steps lays out the direct steps of a Winograd layer
-
 
 def use_winograd(c: int, o: int, out_hw, k: int, esize: int = 4):
     """True / False, or a SymPy condition on the sizes (decided at run time), for c input and o
     output channels, out_hw output sizes, a k x k kernel, elements of esize bytes."""
-    if not ENABLED or _direct or k != 3 or min(c, o) < WINO_MIN_C[esize]:
+    if not ENABLED or k != 3 or min(c, o) < WINO_MIN_C[esize]:
         return False
     ho, wo = out_hw
     few = min(c, o) < 2 * WINO_MIN_C[esize]
     return ho * wo >= (max(WINO_MIN_PIXELS, WINO_FEW_PIXELS[esize]) if few else WINO_MIN_PIXELS)
 
 
-def conv_steps(alloc, src: str, c: int, o: int, in_hw, out_hw, k: int, q: int, wp: str,
-               bias: str, relu: bool) -> list[str] | None:
-    """Kernel steps (C text) of out (o, out_hw) = bias + stride-1 correlation of src (c, in_hw)
-    zero-padded by q with the packed weights wp (then relu), or None for direct convolution."""
-    global _direct
-    from . import c_steps
-    from .c_sizes import cond, smax
+def scratch(c: int, o: int, mr: int) -> tuple[int, int]:
+    """Scratch elements WINO2 needs for c input and o output channels, output channels packed in
+    blocks of mr: the transformed weights U, then the thread slots VM."""
+    return 16 * -(-o // mr) * mr * c, SLOTS * 16 * (c + o) * TB
 
-    use = cond(use_winograd(c, o, out_hw, k, alloc.esize))
-    if use is False:
-        return None
+
+def call(c: int, o: int, in_hw, out_hw, q: int, src: str, wp: str, bias: str, relu: bool, u: str,
+         vm: str) -> str:
+    """C text of out (o, out_hw) = bias + stride-1 3x3 correlation of src (c, in_hw) zero-padded by
+    q with the packed weights wp (then relu) by WINO2, its scratch at u and vm (:func:`scratch`)."""
     (h, w), (ho, wo) = in_hw, out_hw
-    start = alloc.used  # the direct steps' scratch overlays Winograd's: one of the two runs
-    u = alloc(16 * -(-o // c_steps.MR) * c_steps.MR * c)
-    vm = alloc(SLOTS * 16 * (c + o) * TB)
-    wino_end, alloc.used = alloc.used, start
-    wino = f"WINO2({c_steps.args(c, o, h, w, q, ho, wo, TB)}, {src}, {wp}, {bias}, {int(relu)}, {u}, {vm}, {SLOTS}, out)"
-    _direct = True
-    try:
-        direct = c_steps._conv_s1(alloc, src, c, o, in_hw, out_hw, k, q, wp, bias, relu)
-    finally:
-        _direct = False
-    alloc.used = smax(alloc.used, wino_end)
-    test = "WINO_ON" if use is True else f"WINO_ON && {use}"
-    body = " ".join(f"{s};" for s in direct)
-    return [f"if ({test}) {{ {wino}; }} else {{ {body} }}"]
+    sizes = ", ".join(cx(v) for v in (c, o, h, w, q, ho, wo, TB))
+    return f"WINO2({sizes}, {src}, {wp}, {bias}, {int(relu)}, {u}, {vm}, {SLOTS}, out)"

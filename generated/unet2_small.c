@@ -278,13 +278,18 @@ static inline vec vrelu(vec v)
 #define WG_OP_MIN_O 17
 #endif
 
+/* In the scope of block ob: bv, the bias of its MR output channels (0 past O or without BIAS),
+   and wbase, its packed weights */
+#define CONV_BLOCK(C, O, K, WP, BIAS)                                                          \
+    float bv[MR];                                                                            \
+    for (int m = 0; m < MR; ++m)                                                               \
+        bv[m] = ((BIAS) && ob * MR + m < (O)) ? (BIAS)[ob * MR + m] : 0;                       \
+    const float *restrict wbase = (WP) + (size_t)ob * (C) * (K) * (K) * MR
+
 /* Output row h of CONV_S1 for the output-channel block ob: vector tiles, then scalar pixels. */
 #define CONV_ROW(C, O, H, W, K, XROW, WP, BIAS, RELU, Y)                                        \
     {                                                                                          \
-        float bv[MR];                                                                        \
-        for (int m = 0; m < MR; ++m)                                                           \
-            bv[m] = ((BIAS) && ob * MR + m < (O)) ? (BIAS)[ob * MR + m] : 0;                   \
-        const float *restrict wbase = (WP) + (size_t)ob * (C) * (K) * (K) * MR;               \
+        CONV_BLOCK(C, O, K, WP, BIAS);                                                     \
         int w0 = 0;                                                                            \
         for (; w0 + CT_V * VL <= (W) && VL > 1; w0 += CT_V * VL)                                \
             for (int m0 = 0; m0 < MR && ob * MR + m0 < (O); m0 += CT_M)                        \
@@ -295,7 +300,7 @@ static inline vec vrelu(vec v)
         CONV_PIXELS(C, O, H, W, K, XROW, RELU, Y)                                              \
     }
 
-/* The scalar pixels w0 .. W-1 of row h, block ob (bv, wbase as in CONV_ROW) */
+/* The scalar pixels w0 .. W-1 of row h, block ob (bv, wbase of CONV_BLOCK) */
 #define CONV_PIXELS(C, O, H, W, K, XROW, RELU, Y)                                              \
         for (; w0 < (W); ++w0) {                                                               \
             float acc[MR];                                                                   \
@@ -322,10 +327,7 @@ static inline vec vrelu(vec v)
         int w0 = 0;                                                                            \
         for (; w0 + CT_V * VL <= (W) && VL > 1; w0 += CT_V * VL)                                \
             for (int ob = 0; ob < ((O) + MR - 1) / MR; ++ob) {                                 \
-                float bv[MR];                                                                \
-                for (int m = 0; m < MR; ++m)                                                   \
-                    bv[m] = ((BIAS) && ob * MR + m < (O)) ? (BIAS)[ob * MR + m] : 0;           \
-                const float *restrict wbase = (WP) + (size_t)ob * (C) * (K) * (K) * MR;       \
+                CONV_BLOCK(C, O, K, WP, BIAS);                                             \
                 (void)wbase, (void)bv; /* unused where CONV_TILE is empty (no vector extension) */ \
                 for (int m0 = 0; m0 < MR && ob * MR + m0 < (O); m0 += CT_M)                    \
                     CONV_TILE(CT_M, m0, CT_V, C, K, XROW, H, W, O, RELU, Y)                    \
@@ -333,10 +335,7 @@ static inline vec vrelu(vec v)
         if (w0 < (W)) {                                                                        \
             const int wt_ = w0;                                                                \
             for (int ob = 0; ob < ((O) + MR - 1) / MR; ++ob) {                                 \
-                float bv[MR];                                                                \
-                for (int m = 0; m < MR; ++m)                                                   \
-                    bv[m] = ((BIAS) && ob * MR + m < (O)) ? (BIAS)[ob * MR + m] : 0;           \
-                const float *restrict wbase = (WP) + (size_t)ob * (C) * (K) * (K) * MR;       \
+                CONV_BLOCK(C, O, K, WP, BIAS);                                             \
                 for (w0 = wt_; w0 + VL <= (W) && VL > 1; w0 += VL)                             \
                     for (int m0 = 0; m0 < MR && ob * MR + m0 < (O); m0 += CT_M1)               \
                         CONV_TILE(CT_M1, m0, 1, C, K, XROW, H, W, O, RELU, Y)                  \
@@ -1042,7 +1041,7 @@ const char *unet2_small_strerror(int code)
 
 const char *unet2_small_build_id(void)
 {
-    return "11de6d436a9ffb9ca86f18d311d4058a35ec7b4e63f61ed4700f50053f4c85a2";
+    return "f9aa6adcdd8a1f4fef8ce78d7d6d7ee20c57a20668832b0318365842062abad0";
 }
 
 #define UNETC_STR_(x) #x

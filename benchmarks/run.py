@@ -495,8 +495,8 @@ def load_inputs(gen_dir: Path, key: str):
 
 def c_extras(mod, cfg: Config, n: int, kind: str) -> dict:
     """What a C module tells about itself: its tile choices (tuning(); "n/a" when it has none)
-    and, for the specialised C, its workspace bytes for n images (the library's
-    <name>_workspace_bytes(n); WORKSPACE_BYTES, one image, when that is not reachable)."""
+    and, for the specialised C, its workspace bytes for n images (the module's
+    workspace_bytes(n); WORKSPACE_BYTES, one image, for modules without it)."""
     res: dict = {}
     fn = getattr(mod, "tuning", None)
     try:
@@ -505,7 +505,7 @@ def c_extras(mod, cfg: Config, n: int, kind: str) -> dict:
         res["tuning"] = f"n/a (tuning() failed: {type(err).__name__})"
     if kind == "c":
         try:
-            res["ws"] = int(getattr(mod._lib, f"{cfg.name}_workspace_bytes")(n))
+            res["ws"] = int(mod.workspace_bytes(n))
         except Exception:
             if n == 1 and getattr(mod, "WORKSPACE_BYTES", None) is not None:
                 res["ws"] = int(mod.WORKSPACE_BYTES)

@@ -171,6 +171,9 @@ static void kernel_pad(int C, int H, int W, int q, const float *restrict src, fl
 #ifndef CT_M1
 #define CT_M1 MR
 #endif
+#if CT_M < 1 || MR % CT_M != 0 || CT_M1 < 1 || MR % CT_M1 != 0 || CT_V < 1
+#error "unetc: CT_M and CT_M1 must divide MR (8), CT_V must be >= 1"
+#endif
 #ifndef CT_PIN_LOADS
 #define CT_PIN_LOADS T_PIN
 #endif
@@ -1041,7 +1044,7 @@ const char *unet2_small_strerror(int code)
 
 const char *unet2_small_build_id(void)
 {
-    return "f9aa6adcdd8a1f4fef8ce78d7d6d7ee20c57a20668832b0318365842062abad0";
+    return "de5bbd0bd337e740316b83c30eb5c22add29e71c1ebf117cb45bd8a25fe1ddae";
 }
 
 #define UNETC_STR_(x) #x

@@ -479,8 +479,17 @@ def tuning():
 
 
 def workspace_bytes(n=1):
-    """Bytes of workspace the C forward/backward need for n images."""
-    return int(_lib.unet2_small_workspace_bytes(int(n)))
+    """Bytes of workspace the C forward/backward need for n images; ValueError
+    naming the argument for an n outside 1.._BATCH_MAX."""
+    n = _c_int("n", n, 1, _BATCH_MAX)
+    return int(_lib.unet2_small_workspace_bytes(n))
+
+
+def _c_int(name, v, lo, hi):
+    """v as a Python int in lo..hi (a C int argument), else a ValueError naming it."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or not lo <= v <= hi:
+        raise ValueError(f"workspace_bytes: {name} = {v!r} must be an integer between {lo} and {hi}")
+    return int(v)
 
 
 def _workspace(n, *hw):

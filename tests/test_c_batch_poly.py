@@ -161,6 +161,22 @@ def test_poly_random_geometries_match_pytorch(build, index):
         check_against_torch(mod, cfg, 2, h, w, seed=k)
 
 
+def test_python_workspace_bytes_refuses_what_c_cannot_take(build):
+    """The module's workspace_bytes: the C figure for a valid n (and size), a ValueError naming the
+    argument otherwise (ctypes would wrap 2**40 to 0, and C answers 0 for n <= 0)."""
+    spec = build(spec_cfg("float32"))
+    assert spec.workspace_bytes(3) == spec._lib.bp_default_32_workspace_bytes(3) > 0
+    for bad in (0, -1, 2**40, 2.0, "3", True, None):
+        with pytest.raises(ValueError, match=r"workspace_bytes: n = .* must be an integer between 1 and"):
+            spec.workspace_bytes(bad)
+    poly = build(dataclasses.replace(load(EXAMPLES / "default.yaml"), base_c=2, dtype="float64", name="pp_default"))
+    assert poly.workspace_bytes(2, 64, 64) == poly._lib.pp_default_workspace_bytes(2, 64, 64) > 0
+    with pytest.raises(ValueError, match=r"w = 4294967360 must be an integer"):
+        poly.workspace_bytes(1, 64, 2**32 + 64)
+    with pytest.raises(ValueError, match=r"in_h = 255 fails h_upH .*nearest valid: 254, 256"):
+        poly.workspace_bytes(1, 255, 64)
+
+
 def test_poly_default_config_at_three_sizes(build):
     """The default geometry (base_c 2): emitted once, run at 2x2, 64x64 and 256x384."""
     cfg = dataclasses.replace(load(EXAMPLES / "default.yaml"), base_c=2, dtype="float64", name="pp_default")

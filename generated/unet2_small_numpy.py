@@ -308,6 +308,63 @@ def _widen(dy, wp):
     return out.reshape(o, n * ho * wp)
 
 
+# Stride 1, k > 1, without im2col: k shifted copies of the padded input (row (c, j) holds
+# channel c shifted left by j, flattened per image over hp * wp), then one matmul whose k row
+# blocks (one per kernel row i) are added at row offsets i -- k copies of the input instead of
+# k * k, and no crop pass. Columns w >= wo of the copies are only read by junk outputs: zeroed,
+# so the weight gradient never multiplies a non-finite value there by the zero of dy.
+
+def _shifted(x, k, p, tag):
+    """x (C, N, H, W) -> (C*k + 1, N*hp*wp) work array ``tag``: row c*k + j is the zero-padded
+    channel c shifted left by j (junk columns zeroed); the last row is ones (the bias)."""
+    c, n, h, w = x.shape
+    hp, wp = h + 2 * p, w + 2 * p
+    wo = wp - k + 1
+    cols = _buffer(tag, (c * k + 1, n, hp, wp), x.dtype)
+    sh = cols[:c * k].reshape(c, k, n, hp, wp)
+    sh[..., :p, :] = 0
+    sh[..., p + h:, :] = 0
+    for j in range(k):
+        lo = min(max(0, p - j), wo)
+        hi = max(lo, min(wo, p - j + w))
+        sh[:, j, :, p:p + h, :lo] = 0
+        sh[:, j, :, p:p + h, lo:hi] = x[..., lo + j - p:hi + j - p]
+        sh[:, j, :, p:p + h, hi:] = 0
+    cols[c * k] = 1
+    return cols.reshape(c * k + 1, n * hp * wp)
+
+
+def _conv_s1(cols, w, b, k, n, ho, wo, out):
+    """Stride-1 convolution from _shifted columns, weights (O, C, k, k), bias (O,) or None, into
+    out (O, N, ho, wo)."""
+    o, c = w.shape[:2]
+    wr = _buffer("wr", (k, o, c * k + 1), w.dtype)
+    wr[..., :c * k].reshape(k, o, c, k)[:] = w.transpose(2, 0, 1, 3)
+    wr[..., c * k] = 0
+    if b is not None:
+        wr[0, :, c * k] = b
+    hp, wp = ho + k - 1, wo + k - 1
+    z = np.matmul(wr.reshape(k * o, -1), cols, out=_buffer("matmul", (k * o, cols.shape[1])))
+    z = z.reshape(k, o, n, hp, wp)
+    np.add(z[0, :, :, :ho, :wo], z[1, :, :, 1:1 + ho, :wo], out=out)
+    for i in range(2, k):
+        np.add(out, z[i, :, :, i:i + ho, :wo], out=out)
+    return out
+
+
+def _conv_s1_grad_weight(dy, cols, k, c):
+    """dW (O, C, k, k) of a stride-1 convolution, summed over the batch, from its _shifted
+    columns: per kernel row i, (widened dy) . (columns at row offset i)^T, one matmul per image."""
+    o, n, ho, wo = dy.shape
+    hp, wp = ho + k - 1, wo + k - 1
+    dyw = _widen(dy, wp).reshape(o, n, ho * wp).transpose(1, 0, 2)
+    sh = cols[:c * k].reshape(c * k, n, hp * wp)
+    g = _buffer("wgrad", (k, n, o, c * k), dy.dtype)
+    for i in range(k):
+        np.matmul(dyw, sh[:, :, i * wp:i * wp + ho * wp].transpose(1, 2, 0), out=g[i])
+    return np.ascontiguousarray(g.sum(axis=1).reshape(k, o, c, k).transpose(1, 2, 0, 3))
+
+
 def _result(work, shape):
     """The array an op writes its output into: the work array ``work``, or a fresh one (None).
     A fresh (C, N, H, W) result is a view of an (N, C, H, W) array: _batch_first returns it
@@ -322,10 +379,15 @@ def _result(work, shape):
 def _conv2d(x, w, b, k, s, p, ho, wo, cache=None, key=None, work=None):
     """Convolution of x (C, N, H, W); with a cache dict, keeps the columns for _conv2d_grad_weight."""
     tag = "im2col" if cache is None else key
+    o, n = w.shape[0], x.shape[1]
+    if s == 1 and k > 1:
+        cols = _shifted(x, k, p, tag)
+        if cache is not None:
+            cache[key] = cols
+        return _conv_s1(cols, w, b, k, n, ho, wo, _result(work, (o, n, ho, wo)))
     cols = _im2col_s1(x, k, p, ho, tag) if s == 1 else _im2col(x, k, s, p, ho, wo, tag)
     if cache is not None:
         cache[key] = cols
-    o, n = w.shape[0], x.shape[1]
     y = np.matmul(w.reshape(o, -1), cols, out=_buffer("matmul", (o, cols.shape[1])))
     return np.add(y.reshape(o, n, ho, -1)[..., :wo], b[:, None, None, None], out=_result(work, (o, n, ho, wo)))
 
@@ -334,6 +396,9 @@ def _conv2d_grad_weight(x, dy, k, s, p, cols=None):
     """dW = dy . columns^T summed over the batch, computed as its transpose columns . dy^T (the
     faster BLAS shape)."""
     o, n, ho, wo = dy.shape
+    if s == 1 and k > 1:
+        cols = _shifted(x, k, p, "im2col") if cols is None else cols
+        return _conv_s1_grad_weight(dy, cols, k, x.shape[0])
     if s == 1:
         cols = _im2col_s1(x, k, p, ho) if cols is None else cols
         # junk columns hold input values from the next row: zero them, or an Inf there times the
@@ -349,6 +414,10 @@ def _conv2d_grad_weight(x, dy, k, s, p, cols=None):
 def _conv2d_grad_input(dy, w, k, s, p, in_shape, work=None):
     o, n, ho, wo = dy.shape
     c, _, h, ww = in_shape
+    if s == 1 and 1 < k and p <= k - 1:
+        # the correlation of dy, zero-padded by k - 1 - p, with the flipped kernel
+        wf = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
+        return _conv_s1(_shifted(dy, k, k - 1 - p, "im2col"), wf, None, k, n, h, ww, _result(work, (c, n, h, ww)))
     if s == 1 and p <= k - 1 and o < c:
         # fewer output than input channels: the correlation of dy, zero-padded by k - 1 - p, with
         # the flipped kernel copies o channels (im2col) where the col2im below adds up c channels

@@ -354,15 +354,35 @@ def _conv_s1(cols, w, b, k, n, ho, wo, out):
 
 def _conv_s1_grad_weight(dy, cols, k, c):
     """dW (O, C, k, k) of a stride-1 convolution, summed over the batch, from its _shifted
-    columns: per kernel row i, (widened dy) . (columns at row offset i)^T, one matmul per image."""
+    columns: one matmul of k copies of dy, copy i at row offset i, with the columns (row block i
+    meets the columns at kernel row i). Copy i is zero where window row i reads no input row of
+    the image; a non-finite input there would turn 0 * inf into a NaN that PyTorch does not
+    have, so a non-finite result is recomputed exactly by _conv_s1_grad_weight_rows."""
+    o, n, ho, wo = dy.shape
+    hp, wp = ho + k - 1, wo + k - 1
+    ds = _buffer("dshift", (k, o, n, hp, wp), dy.dtype)
+    for i in range(k):
+        ds[i, :, :, :i] = 0
+        ds[i, :, :, i:i + ho, :wo] = dy
+        ds[i, :, :, i:i + ho, wo:] = 0
+        ds[i, :, :, i + ho:] = 0
+    g = np.matmul(ds.reshape(k * o, -1), cols[:c * k].T, out=_buffer("wgrad", (k * o, c * k), dy.dtype))
+    if not np.isfinite(g).all():
+        g = _conv_s1_grad_weight_rows(dy, cols, k, c)
+    return np.ascontiguousarray(g.reshape(k, o, c, k).transpose(1, 2, 0, 3))
+
+
+def _conv_s1_grad_weight_rows(dy, cols, k, c):
+    """The (k*O, C*k) product of _conv_s1_grad_weight with only the products of real windows:
+    per kernel row i, (widened dy) . (columns at row offset i)^T, one matmul per image."""
     o, n, ho, wo = dy.shape
     hp, wp = ho + k - 1, wo + k - 1
     dyw = _widen(dy, wp).reshape(o, n, ho * wp).transpose(1, 0, 2)
     sh = cols[:c * k].reshape(c * k, n, hp * wp)
-    g = _buffer("wgrad", (k, n, o, c * k), dy.dtype)
+    g = _buffer("wgrad_rows", (k, n, o, c * k), dy.dtype)
     for i in range(k):
         np.matmul(dyw, sh[:, :, i * wp:i * wp + ho * wp].transpose(1, 2, 0), out=g[i])
-    return np.ascontiguousarray(g.sum(axis=1).reshape(k, o, c, k).transpose(1, 2, 0, 3))
+    return g.sum(axis=1).reshape(k * o, c * k)
 
 
 def _result(work, shape):

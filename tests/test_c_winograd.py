@@ -108,6 +108,7 @@ def test_specialised_winograd_matches_pytorch(build, dtype):
     cfg = wino_cfg(dtype)
     mod, src = build(cfg)
     assert src.count("{ WINO2(") >= 10  # forward and input gradients, both levels
+    assert src.count("{ WINO2_WGRAD(") >= 5  # the weight gradients of those layers
     errs, (y, gx) = errors(mod, cfg, 66, 70)
     assert max(errs.values()) <= TOL[dtype], errs
     if dtype == "float64":  # one dtype suffices to show the switch (saves a compile)
@@ -116,6 +117,28 @@ def test_specialised_winograd_matches_pytorch(build, dtype):
     errs_off, (y_off, gx_off) = errors(off, cfg, 66, 70)
     assert max(errs_off.values()) <= TOL[dtype], errs_off
     assert not np.array_equal(y, y_off) and not np.array_equal(gx, gx_off)
+
+
+def test_winograd_weight_gradient_partial_panels(build):
+    """WINO2_WGRAD with 40 channels (5 AVX2 vectors: a half-width last panel of Z; 40 = 6 x 6 + 4:
+    a partial channel tile) and odd tile counts, float32, against PyTorch; the same source built
+    with -DUNETC_NO_WINOGRAD_WGRAD (direct weight gradients, Winograd forward) also matches, and
+    its weight gradients differ in bits (so WINO2_WGRAD did run)."""
+    cfg = Config(name="wino_wg40", dtype="float32", in_h=34, in_w=38, in_c=3, out_c=2, base_c=40)
+    mod, src = build(cfg)
+    assert src.count("{ WINO2_WGRAD(40, 40, 34, 38,") == 2  # down1_2, up1_2
+    errs, _ = errors(mod, cfg, 34, 38)
+    assert max(errs.values()) <= TOL["float32"], errs
+    off, _ = build(cfg, "-DUNETC_NO_WINOGRAD_WGRAD")
+    errs_off, _ = errors(off, cfg, 34, 38)
+    assert max(errs_off.values()) <= TOL["float32"], errs_off
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 34, 38)).astype(np.float32)
+    gy = rng.standard_normal((2, 34, 38)).astype(np.float32)
+    p = mod.init_params(0)
+    g_on, g_off = mod.backward(p, x, gy)[0], off.backward(p, x, gy)[0]
+    assert not np.array_equal(g_on["down1_2.weight"], g_off["down1_2.weight"])
+    assert np.array_equal(g_on["down2_2.weight"], g_off["down2_2.weight"])  # 17x19: direct in both
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -139,6 +162,7 @@ def test_winograd_strict_warnings_and_sanitizers(tmp_path, monkeypatch):
     cfg = Config(name="wino_tb", dtype="float64", in_h=34, in_w=22, **BASE)
     write_all(tmp_path, c_target.files(specialize(cfg), True))
     assert (tmp_path / "wino_tb.c").read_text().count("{ WINO2(") >= 10
+    assert (tmp_path / "wino_tb.c").read_text().count("{ WINO2_WGRAD(") >= 5
     exe = tmp_path / "tb"
     flags = ["-O1", "-g", "-Wall", "-Wextra", "-Wpedantic", "-Werror", "-march=native", "-fopenmp",
              "-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
@@ -167,4 +191,6 @@ def test_rule_keeps_direct_convolution_where_winograd_loses():
     small = Config(name="wino_small", in_c=1, out_c=2, in_h=64, in_w=64, base_c=8)  # 16 -> 16 at 32x32: direct
     assert c_target.files(specialize(small))["wino_small.c"].count("{ WINO2(") == 0
     b16 = Config(name="wino_b16", in_c=1, out_c=2, in_h=128, in_w=128, base_c=16)  # 16 channels at 128x128
-    assert c_target.files(specialize(b16))["wino_b16.c"].count("{ WINO2(16, 16, 128, 128,") == 4  # down1_2, up1_2 and their input gradients
+    src16 = c_target.files(specialize(b16))["wino_b16.c"]
+    assert src16.count("{ WINO2(16, 16, 128, 128,") == 4  # down1_2, up1_2 and their input gradients
+    assert src16.count("{ WINO2_WGRAD(16, 16, 128, 128,") == 2  # ... and their weight gradients

@@ -69,17 +69,43 @@ def _conv_s1(alloc: Scratch, src: str, c: int, o: int, in_hw, out_hw, k: int, q:
     (at run time for symbolic sizes, and unless compiled with -DUNETC_NO_WINOGRAD), else
     _direct_s1; a Winograd layer also carries the direct steps, their scratch overlaying
     Winograd's (one of the two runs)."""
-    use = cond(c_winograd.use_winograd(c, o, out_hw, k, alloc.esize))
+    def wino():
+        n_u, n_vm = c_winograd.scratch(c, o, MR)
+        return [c_winograd.call(c, o, in_hw, out_hw, q, src, wp, bias, relu, alloc(n_u), alloc(n_vm))]
+
+    return _or_winograd(alloc, c_winograd.use_winograd(c, o, out_hw, k, alloc.esize), wino,
+                        lambda: _direct_s1(alloc, src, c, o, in_hw, out_hw, k, q, wp, bias, relu))
+
+
+def _or_winograd(alloc: Scratch, use, wino, direct, on: str = "WINO_ON") -> list[str]:
+    """Steps of wino() where the Winograd rule ``use`` (bool or SymPy condition) and the C macro
+    ``on`` hold (0 with -DUNETC_NO_WINOGRAD), else of direct(); both lay out their scratch from
+    the same offset (one of the two runs)."""
+    use = cond(use)
     if use is False:
-        return _direct_s1(alloc, src, c, o, in_hw, out_hw, k, q, wp, bias, relu)
+        return direct()
     start = alloc.used
-    n_u, n_vm = c_winograd.scratch(c, o, MR)
-    u, vm = alloc(n_u), alloc(n_vm)
-    wino = c_winograd.call(c, o, in_hw, out_hw, q, src, wp, bias, relu, u, vm)
+    wino_steps = wino()
     wino_end, alloc.used = alloc.used, start
-    direct = _direct_s1(alloc, src, c, o, in_hw, out_hw, k, q, wp, bias, relu)
+    direct_steps = direct()
     alloc.used = smax(alloc.used, wino_end)
-    return choose("(WINO_ON)" if use is True else f"(WINO_ON && {use})", [wino], direct)
+    return choose(f"({on})" if use is True else f"({on} && {use})", wino_steps, direct_steps)
+
+
+def _wgrad_conv_s1(alloc: Scratch, c: int, o: int, in_hw, out_hw, k: int, p: int) -> list[str]:
+    """Steps of out (o, c, k, k) = the weight gradient of a stride-1 conv with padding p: the
+    correlation of x (c, in_hw) zero-padded by p with dy (o, out_hw), by Winograd (WINO2_WGRAD)
+    under the forward's rule, else _wgrad_s1 on a padded copy of x."""
+    def wino():
+        vb, zb, du = (alloc(n) for n in c_winograd.wgrad_scratch(c, o, alloc.esize, VMAX))
+        return [c_winograd.wgrad_call(c, o, in_hw, out_hw, p, "x", "dy", vb, zb, du)]
+
+    def direct():
+        pad, src = _padded(alloc, "x", c, *in_hw, p)
+        return pad + [_wgrad_s1(alloc, c, o, *out_hw, k, src, "dy")]
+
+    return _or_winograd(alloc, c_winograd.use_winograd(c, o, out_hw, k, alloc.esize), wino, direct,
+                        "WINO_WG_ON")
 
 
 def _direct_s1(alloc: Scratch, src: str, c: int, o: int, in_hw, out_hw, k: int, q: int,
@@ -210,8 +236,7 @@ def conv_steps(op, sp: Specialized, esize: int, relu: bool = False,
     elif op.kind == "conv2d_grad_weight":
         (c, h, w), (o, ho, wo) = sh[op.inputs[0]], sh[op.inputs[1]]
         if s == 1:
-            pad, src = _padded(alloc, "x", c, h, w, p)
-            steps += pad + [_wgrad_s1(alloc, c, o, ho, wo, k, src, "dy")]
+            steps += _wgrad_conv_s1(alloc, c, o, (h, w), (ho, wo), k, p)
         else:
             steps += _weight_grad(alloc, "x", c, (h, w), "dy", o, (ho, wo), k, s, p)
     elif op.kind == "conv_transpose2d":

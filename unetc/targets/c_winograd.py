@@ -21,6 +21,8 @@ from __future__ import annotations
 from .c_sizes import cx
 
 ENABLED = True  # False: never emit Winograd (tests compare both paths)
+TBS = 256  # output tiles per super-block of the weight gradient (WINO2_WGRAD: 16 (C + O) TBS
+# transformed elements, shared by the threads)
 TB = 32  # tiles (2 x 2 outputs) per block: the GEMM image width (a multiple of 2 vectors everywhere)
 SLOTS = 8  # scratch blocks: at most this many threads run one layer's blocks
 WINO_MIN_C = {4: 16, 8: 32}  # input and output channels (per element size) from which Winograd runs ...
@@ -53,3 +55,18 @@ def call(c: int, o: int, in_hw, out_hw, q: int, src: str, wp: str, bias: str, re
     (h, w), (ho, wo) = in_hw, out_hw
     sizes = ", ".join(cx(v) for v in (c, o, h, w, q, ho, wo, TB))
     return f"WINO2({sizes}, {src}, {wp}, {bias}, {int(relu)}, {u}, {vm}, {SLOTS}, out)"
+
+
+def wgrad_scratch(c: int, o: int, esize: int, vmax: int) -> tuple[int, int, int]:
+    """Scratch elements WINO2_WGRAD needs for c input and o output channels of esize bytes,
+    vectors of at most vmax bytes: the input transforms VB, the dy transforms ZB, the sums DU."""
+    o_pad = -(-o * esize // vmax) * vmax // esize
+    return 16 * c * TBS, 16 * TBS * o_pad, 16 * c * o_pad
+
+
+def wgrad_call(c: int, o: int, in_hw, out_hw, q: int, x: str, dy: str, vb: str, zb: str, du: str) -> str:
+    """C text of out (o, c, 3, 3) = stride-1 correlation of x (c, in_hw) zero-padded by q with dy
+    (o, out_hw) by WINO2_WGRAD, its scratch at vb, zb, du (:func:`wgrad_scratch`)."""
+    (h, w), (ho, wo) = in_hw, out_hw
+    sizes = ", ".join(cx(v) for v in (c, o, h, w, q, ho, wo, TBS))
+    return f"WINO2_WGRAD({sizes}, {x}, {dy}, {vb}, {zb}, {du}, out)"

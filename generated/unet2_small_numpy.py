@@ -195,13 +195,14 @@ def _chunks(n, pixels):
     return [slice(lo, min(lo + step, n)) for lo in range(0, n, step)]
 
 
-def _buffer(tag, shape, dtype=DTYPE):
+def _buffer(tag, shape, dtype=DTYPE, zero=False):
     """A work array kept per thread between calls (fresh large arrays cost page faults); never
-    returned to the caller. One array per (tag, shape)."""
+    returned to the caller. One array per (tag, shape); zero: zero-filled when first made (for
+    writers that only ever write the same part of it)."""
     pool = _POOL.__dict__.setdefault("arrays", {})
     a = pool.get((tag, shape))
     if a is None:
-        a = pool[(tag, shape)] = np.empty(shape, dtype)
+        a = pool[(tag, shape)] = (np.zeros if zero else np.empty)(shape, dtype)
     return a
 
 
@@ -312,7 +313,9 @@ def _widen(dy, wp):
 # channel c shifted left by j, flattened per image over hp * wp), then one matmul whose k row
 # blocks (one per kernel row i) are added at row offsets i -- k copies of the input instead of
 # k * k, and no crop pass. Columns w >= wo of the copies are only read by junk outputs: zeroed,
-# so the weight gradient never multiplies a non-finite value there by the zero of dy.
+# so the weight gradient never multiplies a non-finite value there by the zero of dy. Each work
+# array of these kernels is written at the same places on every call (its tag fixes k and p):
+# the zeros around them are written once, when it is made.
 
 def _shifted(x, k, p, tag):
     """x (C, N, H, W) -> (C*k + 1, N*hp*wp) work array ``tag``: row c*k + j is the zero-padded
@@ -320,16 +323,12 @@ def _shifted(x, k, p, tag):
     c, n, h, w = x.shape
     hp, wp = h + 2 * p, w + 2 * p
     wo = wp - k + 1
-    cols = _buffer(tag, (c * k + 1, n, hp, wp), x.dtype)
+    cols = _buffer(f"shifted:{tag}:{k}:{p}", (c * k + 1, n, hp, wp), x.dtype, zero=True)
     sh = cols[:c * k].reshape(c, k, n, hp, wp)
-    sh[..., :p, :] = 0
-    sh[..., p + h:, :] = 0
     for j in range(k):
         lo = min(max(0, p - j), wo)
         hi = max(lo, min(wo, p - j + w))
-        sh[:, j, :, p:p + h, :lo] = 0
         sh[:, j, :, p:p + h, lo:hi] = x[..., lo + j - p:hi + j - p]
-        sh[:, j, :, p:p + h, hi:] = 0
     cols[c * k] = 1
     return cols.reshape(c * k + 1, n * hp * wp)
 
@@ -352,20 +351,47 @@ def _conv_s1(cols, w, b, k, n, ho, wo, out):
     return out
 
 
+def _row_shifted(dy, k):
+    """(k, O, N, hp, wp) work array: copy i of dy (O, N, ho, wo) at rows i..i+ho-1, columns
+    0..wo-1 of the padded input's frame, zeros elsewhere. Made once per dy: the weight gradient
+    and then the input gradient of a layer both read it."""
+    o, n, ho, wo = dy.shape
+    ds = _buffer("dshift", (k, o, n, ho + k - 1, wo + k - 1), dy.dtype, zero=True)
+    if _POOL.__dict__.get("dshifted") is not dy:
+        for i in range(k):
+            ds[i, :, :, i:i + ho, :wo] = dy
+        _POOL.dshifted = dy
+    return ds
+
+
+def _conv_s1_grad_input(dy, w, k, p, out):
+    """dx (C, N, h, w) of a stride-1 convolution with padding p >= 1, into out: one matmul of the
+    weights, row (j, c) by column (i, o), with _row_shifted(dy), then the k row blocks added at
+    column offset p - j. A window column left of the frame wraps to the previous row's last
+    columns, which are zero (w >= wo), as are all places outside the copies: the padding."""
+    o, c = w.shape[:2]
+    n, h, ww = out.shape[1:]
+    hp, wp = h + 2 * p, ww + 2 * p
+    wj = _buffer("wj", (k, c, k, o), w.dtype)
+    wj[:] = w.transpose(3, 1, 2, 0)
+    ds = _row_shifted(dy, k)
+    y = np.matmul(wj.reshape(k * c, k * o), ds.reshape(k * o, -1), out=_buffer("matmul", (k * c, n * hp * wp)))
+    y = y.reshape(k, c, n, hp * wp)
+    views = [y[j, :, :, p * wp + p - j:p * wp + p - j + h * wp].reshape(c, n, h, wp)[..., :ww] for j in range(k)]
+    np.add(views[0], views[1], out=out)
+    for v in views[2:]:
+        np.add(out, v, out=out)
+    return out
+
+
 def _conv_s1_grad_weight(dy, cols, k, c):
     """dW (O, C, k, k) of a stride-1 convolution, summed over the batch, from its _shifted
     columns: one matmul of k copies of dy, copy i at row offset i, with the columns (row block i
     meets the columns at kernel row i). Copy i is zero where window row i reads no input row of
     the image; a non-finite input there would turn 0 * inf into a NaN that PyTorch does not
     have, so a non-finite result is recomputed exactly by _conv_s1_grad_weight_rows."""
-    o, n, ho, wo = dy.shape
-    hp, wp = ho + k - 1, wo + k - 1
-    ds = _buffer("dshift", (k, o, n, hp, wp), dy.dtype)
-    for i in range(k):
-        ds[i, :, :, :i] = 0
-        ds[i, :, :, i:i + ho, :wo] = dy
-        ds[i, :, :, i:i + ho, wo:] = 0
-        ds[i, :, :, i + ho:] = 0
+    o = dy.shape[0]
+    ds = _row_shifted(dy, k)
     g = np.matmul(ds.reshape(k * o, -1), cols[:c * k].T, out=_buffer("wgrad", (k * o, c * k), dy.dtype))
     if not np.isfinite(g).all():
         g = _conv_s1_grad_weight_rows(dy, cols, k, c)
@@ -434,6 +460,8 @@ def _conv2d_grad_weight(x, dy, k, s, p, cols=None):
 def _conv2d_grad_input(dy, w, k, s, p, in_shape, work=None):
     o, n, ho, wo = dy.shape
     c, _, h, ww = in_shape
+    if s == 1 and 1 < k and p >= 1:
+        return _conv_s1_grad_input(dy, w, k, p, _result(work, (c, n, h, ww)))
     if s == 1 and 1 < k and p <= k - 1:
         # the correlation of dy, zero-padded by k - 1 - p, with the flipped kernel
         wf = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
@@ -619,7 +647,7 @@ def _backward(p, x, grad_output, N):
     x = _channels_first(x)
     grad_y = _channels_first(grad_output)
     cols = {}
-    _POOL.widened = None  # _widen's memo never outlives one call (the caller may reuse grad_output)
+    _POOL.widened = _POOL.dshifted = None  # memos never outlive one call (the caller may reuse grad_output)
     _, (s1, skip1, pooled, b1, bottleneck, merged, u1, u2,) = _forward(p, x, N, cols)
     d_out1x1_weight = _conv2d_grad_weight(u2, grad_y, 1, 1, 0, cols.pop("out1x1"))
     d_out1x1_bias = grad_y.sum(axis=(1, 2, 3))

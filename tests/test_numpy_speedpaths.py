@@ -2,7 +2,9 @@
 against PyTorch autograd in float64, one layer at a time: forward, input gradient and weight
 gradient, over kernel sizes, paddings, images narrower than the kernel, batches, and non-finite
 inputs (the weight gradient's one-matmul result is recomputed per kernel row when it is not
-finite, so a 0 * inf outside every real window never becomes a NaN PyTorch does not have)."""
+finite, so a 0 * inf outside every real window never becomes a NaN PyTorch does not have), and
+both orders of the two gradients (the input gradient reuses the weight gradient's copies of dy
+when padding >= 1, and makes them itself otherwise)."""
 from __future__ import annotations
 
 import dataclasses
@@ -37,18 +39,22 @@ def torch_conv(x, w, b, p, dy):
     return y.detach().numpy(), wt.grad.numpy(), xt.grad.numpy()
 
 
-def unetc_conv(mod, x, w, b, k, p, dy):
-    """The same through the module's kernels, on its (C, N, H, W) layout."""
+def unetc_conv(mod, x, w, b, k, p, dy, dx_first=False):
+    """The same through the module's kernels, on its (C, N, H, W) layout; the weight gradient
+    first (as the generated backward orders them: the input gradient reuses its copies of dy)
+    or the input gradient first."""
     n, c, h, wd = x.shape
     ho, wo = dy.shape[2:]
     mod._use_pool(n)
-    mod._POOL.widened = None
     xc = np.ascontiguousarray(x.transpose(1, 0, 2, 3))
     dyc = np.ascontiguousarray(dy.transpose(1, 0, 2, 3))
     cache = {}
     y = mod._conv2d(xc, w, b, k, 1, p, ho, wo, cache, "layer", None)
+    if dx_first:
+        dx = mod._conv2d_grad_input(dyc, w, k, 1, p, (c, n, h, wd), None)
     dw = mod._conv2d_grad_weight(xc, dyc, k, 1, p, cache.pop("layer"))
-    dx = mod._conv2d_grad_input(dyc, w, k, 1, p, (c, n, h, wd), None)
+    if not dx_first:
+        dx = mod._conv2d_grad_input(dyc, w, k, 1, p, (c, n, h, wd), None)
     return y.transpose(1, 0, 2, 3), dw, dx.transpose(1, 0, 2, 3)
 
 
@@ -72,9 +78,10 @@ POISONS = {
 }
 
 
+@pytest.mark.parametrize("dx_first", [False, True])
 @pytest.mark.parametrize("poison", sorted(POISONS))
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=lambda g: "k{}p{}_{}x{}_n{}_c{}o{}".format(*g))
-def test_stride1_conv_kernels_match_torch(mod, geometry, poison):
+def test_stride1_conv_kernels_match_torch(mod, geometry, poison, dx_first):
     k, p, h, wd, n, c, o = geometry
     rng = np.random.default_rng(k * 100 + h * 10 + wd)
     x = rng.standard_normal((n, c, h, wd))
@@ -83,7 +90,9 @@ def test_stride1_conv_kernels_match_torch(mod, geometry, poison):
     w, b = rng.standard_normal((o, c, k, k)), rng.standard_normal(o)
     dy = rng.standard_normal((n, o, h + 2 * p - k + 1, wd + 2 * p - k + 1))
     with np.errstate(all="ignore"):
-        got = unetc_conv(mod, x, w, b, k, p, dy)
+        mod._POOL.widened = mod._POOL.dshifted = None  # as a backward call starts
+        unetc_conv(mod, x, w, b, k, p, -dy, dx_first)  # first a layer whose dy has the same shape
+        got = unetc_conv(mod, x, w, b, k, p, dy, dx_first)
     want = torch_conv(x, w, b, p, dy)
     for name, a, ref in zip(("y", "dW", "dx"), got, want):
         assert a.shape == ref.shape, name

@@ -95,7 +95,7 @@ def _or_winograd(alloc: Scratch, use, wino, direct, on: str = "WINO_ON") -> list
 def _wgrad_conv_s1(alloc: Scratch, c: int, o: int, in_hw, out_hw, k: int, p: int) -> list[str]:
     """Steps of out (o, c, k, k) = the weight gradient of a stride-1 conv with padding p: the
     correlation of x (c, in_hw) zero-padded by p with dy (o, out_hw), by Winograd (WINO2_WGRAD)
-    under the forward's rule, else _wgrad_s1 on a padded copy of x."""
+    where c_winograd.use_winograd_wgrad holds, else _wgrad_s1 on a padded copy of x."""
     def wino():
         vb, zb, du = (alloc(n) for n in c_winograd.wgrad_scratch(c, o, alloc.esize, VMAX))
         return [c_winograd.wgrad_call(c, o, in_hw, out_hw, p, "x", "dy", vb, zb, du)]
@@ -104,7 +104,7 @@ def _wgrad_conv_s1(alloc: Scratch, c: int, o: int, in_hw, out_hw, k: int, p: int
         pad, src = _padded(alloc, "x", c, *in_hw, p)
         return pad + [_wgrad_s1(alloc, c, o, *out_hw, k, src, "dy")]
 
-    return _or_winograd(alloc, c_winograd.use_winograd(c, o, out_hw, k, alloc.esize), wino, direct,
+    return _or_winograd(alloc, c_winograd.use_winograd_wgrad(c, o, out_hw, k, alloc.esize), wino, direct,
                         "WINO_WG_ON")
 
 

@@ -42,6 +42,23 @@ def use_winograd(c: int, o: int, out_hw, k: int, esize: int = 4):
     return ho * wo >= (max(WINO_MIN_PIXELS, WINO_FEW_PIXELS[esize]) if few else WINO_MIN_PIXELS)
 
 
+WGRAD_MIN_C = {4: 64, 8: 32}  # channels from which the weight gradient runs as Winograd (with
+# WINO_MIN_PIXELS): below, its transforms (16 (C + O) per tile, scalar) outweigh the GEMM it saves.
+# Measured per layer (perf, 1 thread, Zen 3, ms direct / Winograd): float32 C=128 O=64 128x128
+# 40.8/26.8, 64->64 128x128 22.5/13.2; 32->32 128x128 4.5/5.5, 64->32 128x128 9.2/9.0, 32->32
+# 64x64 1.1/1.4, 64->64 32x32 1.0/1.0; 16->16 128x128 1.0/1.9. float64 64->64 64x64 11.2/5.8,
+# 32->64 64x64 5.5/3.5, 128->64 64x64 20.0/12.8
+
+
+def use_winograd_wgrad(c: int, o: int, out_hw, k: int, esize: int = 4):
+    """As :func:`use_winograd`, for the weight gradient of a conv with c input and o output
+    channels whose output (dy) has out_hw sizes."""
+    if not ENABLED or k != 3 or min(c, o) < WGRAD_MIN_C[esize]:
+        return False
+    ho, wo = out_hw
+    return ho * wo >= WINO_MIN_PIXELS
+
+
 def scratch(c: int, o: int, mr: int) -> tuple[int, int]:
     """Scratch elements WINO2 needs for c input and o output channels, output channels packed in
     blocks of mr: the transformed weights U, then the thread slots VM."""

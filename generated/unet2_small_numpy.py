@@ -268,38 +268,9 @@ def _col2im(cols, c, n, hp, wp, k, s, ho, wo):
     return out
 
 
-# Stride 1: rows of width wp = wo + k - 1. With each padded image flattened per channel, every
-# kernel offset (i, j) sees one contiguous range (start i*wp + j) -- cheap copies and adds. The
-# last k - 1 columns of each row are junk: cropped on output, multiplied by zero columns of dy.
-
-def _rows(x, k, p):
-    """x (C, N, H, W) zero-padded by p and flattened to (C, N, hp*wp + k - 1), in a work array."""
-    c, n, h, w = x.shape
-    hp, wp = h + 2 * p, w + 2 * p
-    flat = _buffer("rows", (c, n, hp * wp + k - 1), x.dtype)
-    if p:
-        flat[:] = 0
-    else:
-        flat[:, :, hp * wp:] = 0
-    flat[:, :, :hp * wp].reshape(c, n, hp, wp)[:, :, p:p + h, p:p + w] = x
-    return flat
-
-
-def _im2col_s1(x, k, p, ho, tag="im2col"):
-    """(C*k*k, N*ho*wp) stride-1 columns of x (junk columns included), in the work array ``tag``."""
-    c, n, h, w = x.shape
-    wp = w + 2 * p
-    flat = _rows(x, k, p)
-    cols = _buffer(tag, (c, k, k, n, ho * wp), x.dtype)
-    for i in range(k):
-        for j in range(k):
-            cols[:, i, j] = flat[:, :, i * wp + j:i * wp + j + ho * wp]
-    return cols.reshape(c * k * k, n * ho * wp)
-
-
 def _widen(dy, wp):
-    """dy (O, N, ho, wo) -> (O, N*ho*wp) with zeros in the junk columns. The weight and the input
-    gradient of a layer widen the same dy one after the other: the second call reuses the first."""
+    """dy (O, N, ho, wo) -> (O, N*ho*wp), rows of width wp with zeros in columns wo.. (once per
+    dy: a second call for the same dy reuses the first)."""
     o, n, ho, wo = dy.shape
     out = _buffer("widen", (o, n, ho, wp), dy.dtype)
     if _POOL.__dict__.get("widened") is not dy:
@@ -431,7 +402,7 @@ def _conv2d(x, w, b, k, s, p, ho, wo, cache=None, key=None, work=None):
         if cache is not None:
             cache[key] = cols
         return _conv_s1(cols, w, b, k, n, ho, wo, _result(work, (o, n, ho, wo)))
-    cols = _im2col_s1(x, k, p, ho, tag) if s == 1 else _im2col(x, k, s, p, ho, wo, tag)
+    cols = _im2col(x, k, s, p, ho, wo, tag)  # 1x1 stride 1 unpadded: x itself
     if cache is not None:
         cache[key] = cols
     y = np.matmul(w.reshape(o, -1), cols, out=_buffer("matmul", (o, cols.shape[1])))
@@ -445,15 +416,8 @@ def _conv2d_grad_weight(x, dy, k, s, p, cols=None):
     if s == 1 and k > 1:
         cols = _shifted(x, k, p, "im2col") if cols is None else cols
         return _conv_s1_grad_weight(dy, cols, k, x.shape[0])
-    if s == 1:
-        cols = _im2col_s1(x, k, p, ho) if cols is None else cols
-        # junk columns hold input values from the next row: zero them, or an Inf there times the
-        # zero of dy would put a NaN into dW that no real window produced
-        cols.reshape(cols.shape[0], n, ho, -1)[..., wo:] = 0
-        dyf = _widen(dy, wo + k - 1)
-    else:
-        cols = _im2col(x, k, s, p, ho, wo) if cols is None else cols
-        dyf = dy.reshape(o, -1)
+    cols = _im2col(x, k, s, p, ho, wo) if cols is None else cols
+    dyf = dy.reshape(o, -1)
     return np.ascontiguousarray((cols @ dyf.T).T).reshape(o, x.shape[0], k, k)
 
 
@@ -462,32 +426,14 @@ def _conv2d_grad_input(dy, w, k, s, p, in_shape, work=None):
     c, _, h, ww = in_shape
     if s == 1 and 1 < k and p >= 1:
         return _conv_s1_grad_input(dy, w, k, p, _result(work, (c, n, h, ww)))
-    if s == 1 and 1 < k and p <= k - 1:
-        # the correlation of dy, zero-padded by k - 1 - p, with the flipped kernel
+    if s == 1 and 1 < k:
+        # p = 0: the correlation of dy, zero-padded by k - 1, with the flipped kernel
         wf = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
-        return _conv_s1(_shifted(dy, k, k - 1 - p, "im2col"), wf, None, k, n, h, ww, _result(work, (c, n, h, ww)))
-    if s == 1 and p <= k - 1 and o < c:
-        # fewer output than input channels: the correlation of dy, zero-padded by k - 1 - p, with
-        # the flipped kernel copies o channels (im2col) where the col2im below adds up c channels
-        wf = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)).reshape(c, o * k * k)
-        wq = ww + k - 1
-        dx_rows = np.matmul(wf, _im2col_s1(dy, k, k - 1 - p, h), out=_buffer("matmul", (c, n * h * wq)))
+        return _conv_s1(_shifted(dy, k, k - 1, "im2col"), wf, None, k, n, h, ww, _result(work, (c, n, h, ww)))
+    if s == 1 and k == 1:
+        dcols = np.matmul(w.reshape(o, c).T, dy.reshape(o, -1), out=_buffer("dcols", (c, n * ho * wo)))
         dx = _result(work, (c, n, h, ww))
-        np.copyto(dx, dx_rows.reshape(c, n, h, wq)[..., :ww])
-        return dx
-    if s == 1:
-        wp, hp = wo + k - 1, ho + k - 1
-        dcols = np.matmul(w.reshape(o, -1).T, _widen(dy, wp), out=_buffer("dcols", (c * k * k, n * ho * wp)))
-        dcols = dcols.reshape(c, k, k, n, ho * wp)
-        flat = _buffer("col2im", (c, n, hp * wp + k - 1))
-        flat[..., :ho * wp] = dcols[:, 0, 0]  # offset (0, 0) starts the sum: no zero-fill pass
-        flat[..., ho * wp:] = 0
-        for i in range(k):
-            for j in range(k):
-                if i or j:
-                    flat[..., i * wp + j:i * wp + j + ho * wp] += dcols[:, i, j]
-        dx = _result(work, (c, n, h, ww))
-        np.copyto(dx, flat[..., :hp * wp].reshape(c, n, hp, wp)[..., p:p + h, p:p + ww])
+        np.copyto(dx, dcols.reshape(c, n, ho, wo)[..., p:p + h, p:p + ww])
         return dx
     dcols = np.matmul(w.reshape(o, -1).T, dy.reshape(o, -1), out=_buffer("dcols", (c * k * k, n * ho * wo)))
     dxp = _col2im(dcols, c, n, h + 2 * p, ww + 2 * p, k, s, ho, wo)

@@ -1,5 +1,5 @@
-"""The NumPy target's stride-1 convolution kernels (shifted copies, one matmul, row-offset adds)
-against PyTorch autograd in float64, one layer at a time: forward, input gradient and weight
+"""The NumPy target's stride-1 convolution kernels (shifted copies, one matmul, row-offset adds;
+1x1 convolutions as one matmul) against PyTorch autograd in float64, one layer at a time: forward, input gradient and weight
 gradient, over kernel sizes, paddings, images narrower than the kernel, batches, and non-finite
 inputs (the weight gradient's one-matmul result is recomputed per kernel row when it is not
 finite, so a 0 * inf outside every real window never becomes a NaN PyTorch does not have), and
@@ -66,6 +66,8 @@ GEOMETRIES = [  # (k, p, H, W, N, C, O)
     (5, 2, 3, 1, 2, 2, 2),  # image narrower than the kernel: empty copy ranges
     (3, 2, 4, 4, 1, 2, 2),  # padding > (k - 1) / 2: output larger than input
     (5, 1, 6, 6, 1, 3, 2),
+    (1, 0, 5, 6, 2, 3, 2),  # 1x1: x itself as the columns
+    (1, 1, 4, 3, 2, 2, 3),  # 1x1 padded: output larger than input
 ]
 POISONS = {
     "finite": [],

@@ -97,6 +97,7 @@ def _wgrad_conv_s1(alloc: Scratch, c: int, o: int, in_hw, out_hw, k: int, p: int
     correlation of x (c, in_hw) zero-padded by p with dy (o, out_hw), by Winograd (WINO2_WGRAD)
     where c_winograd.use_winograd_wgrad holds, else _wgrad_s1 on a padded copy of x."""
     def wino():
+        alloc.stack = max(alloc.stack, c_winograd.WGRAD_STACK)
         vb, zb, du = (alloc(n) for n in c_winograd.wgrad_scratch(c, o, alloc.esize, VMAX))
         return [c_winograd.wgrad_call(c, o, in_hw, out_hw, p, "x", "dy", vb, zb, du)]
 

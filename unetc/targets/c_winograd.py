@@ -23,6 +23,8 @@ from .c_sizes import cx
 ENABLED = True  # False: never emit Winograd (tests compare both paths)
 TBS = 256  # output tiles per super-block of the weight gradient (WINO2_WGRAD: 16 (C + O) TBS
 # transformed elements, shared by the threads)
+WGRAD_STACK = 2 * 2 * 32 * 4 * 64  # stack bytes of wino2_dy: two rows of 32 tiles x a panel of at
+# most 4 vectors of 64 bytes
 TB = 32  # tiles (2 x 2 outputs) per block: the GEMM image width (a multiple of 2 vectors everywhere)
 SLOTS = 8  # scratch blocks: at most this many threads run one layer's blocks
 WINO_MIN_C = {4: 16, 8: 32}  # input and output channels (per element size) from which Winograd runs ...
@@ -42,12 +44,12 @@ def use_winograd(c: int, o: int, out_hw, k: int, esize: int = 4):
     return ho * wo >= (max(WINO_MIN_PIXELS, WINO_FEW_PIXELS[esize]) if few else WINO_MIN_PIXELS)
 
 
-WGRAD_MIN_C = {4: 64, 8: 32}  # channels from which the weight gradient runs as Winograd (with
-# WINO_MIN_PIXELS): below, its transforms (16 (C + O) per tile, scalar) outweigh the GEMM it saves.
-# Measured per layer (perf, 1 thread, Zen 3, ms direct / Winograd): float32 C=128 O=64 128x128
-# 40.8/26.8, 64->64 128x128 22.5/13.2; 32->32 128x128 4.5/5.5, 64->32 128x128 9.2/9.0, 32->32
-# 64x64 1.1/1.4, 64->64 32x32 1.0/1.0; 16->16 128x128 1.0/1.9. float64 64->64 64x64 11.2/5.8,
-# 32->64 64x64 5.5/3.5, 128->64 64x64 20.0/12.8
+WGRAD_MIN_C = {4: 32, 8: 32}  # channels from which the weight gradient runs as Winograd (with
+# WINO_MIN_PIXELS): below, its transforms (16 (C + O) values per tile) outweigh the GEMM it saves.
+# Measured per layer (perf, min of 2 rounds, 1 thread, shared Zen 3; ms direct / Winograd):
+# float32 C=128 O=64 128x128 35.5/17.8, 64->64 128x128 19.8/9.8, 32->32 128x128 4.5/3.5, 64->64
+# 64x64 4.8/2.0, 32->64 64x64 2.3/1.5; 16->16 128x128 1.0/1.5, 48->16 128x128 1.7/2.5. float64
+# 64->64 64x64 11.2/5.8; 16->16 64x64 0.5/0.7, 32->32 32x32 0.5/0.5.
 
 
 def use_winograd_wgrad(c: int, o: int, out_hw, k: int, esize: int = 4):

@@ -81,10 +81,16 @@ POISONS = {
 
 
 @pytest.mark.parametrize("dx_first", [False, True])
+@pytest.mark.parametrize("zblock", [None, 1, 3], ids=["whole", "zblock1", "zblock3"])
 @pytest.mark.parametrize("poison", sorted(POISONS))
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=lambda g: "k{}p{}_{}x{}_n{}_c{}o{}".format(*g))
-def test_stride1_conv_kernels_match_torch(mod, geometry, poison, dx_first):
+def test_stride1_conv_kernels_match_torch(mod, geometry, poison, zblock, dx_first, monkeypatch):
+    """zblock: the forward matmul in blocks of that many padded rows (small, to exercise the
+    path large layers take), or at once."""
     k, p, h, wd, n, c, o = geometry
+    if zblock is not None:
+        monkeypatch.setattr(mod, "_ZBLOCK_MIN", 0)
+        monkeypatch.setattr(mod, "_ZBLOCK_BYTES", zblock * k * o * (wd + 2 * p) * 8)
     rng = np.random.default_rng(k * 100 + h * 10 + wd)
     x = rng.standard_normal((n, c, h, wd))
     for i, ch, r, col, v in POISONS[poison]:

@@ -98,7 +98,7 @@ def _wgrad_conv_s1(alloc: Scratch, c: int, o: int, in_hw, out_hw, k: int, p: int
     where c_winograd.use_winograd_wgrad holds, else _wgrad_s1 on a padded copy of x."""
     def wino():
         alloc.stack = max(alloc.stack, c_winograd.WGRAD_STACK)
-        vb, zb, du = (alloc(n) for n in c_winograd.wgrad_scratch(c, o, alloc.esize, VMAX))
+        vb, zb, du = (alloc(n) for n in c_winograd.wgrad_scratch(c, o, out_hw, alloc.esize, VMAX))
         return [c_winograd.wgrad_call(c, o, in_hw, out_hw, p, "x", "dy", vb, zb, du)]
 
     def direct():

@@ -18,11 +18,13 @@ run time or when the C is compiled with -DUNETC_NO_WINOGRAD (both paths always c
 """
 from __future__ import annotations
 
-from .c_sizes import cx
+from .c_sizes import cx, is_const
 
 ENABLED = True  # False: never emit Winograd (tests compare both paths)
 TBS = 256  # output tiles per super-block of the weight gradient (WINO2_WGRAD: 16 (C + O) TBS
-# transformed elements, shared by the threads)
+# transformed elements, shared by the threads; 128 measured the same at base_c 64, 128x128), or a
+# quarter of the layer's tiles when fewer (at least 32): then the transforms take about as much
+# scratch as x and dy themselves (base_c 64, 32x32: 1.25 instead of 3.5 MB)
 WGRAD_STACK = 2 * 2 * 32 * 4 * 64  # stack bytes of wino2_dy: two rows of 32 tiles x a panel of at
 # most 4 vectors of 64 bytes
 TB = 32  # tiles (2 x 2 outputs) per block: the GEMM image width (a multiple of 2 vectors everywhere)
@@ -76,16 +78,26 @@ def call(c: int, o: int, in_hw, out_hw, q: int, src: str, wp: str, bias: str, re
     return f"WINO2({sizes}, {src}, {wp}, {bias}, {int(relu)}, {u}, {vm}, {SLOTS}, out)"
 
 
-def wgrad_scratch(c: int, o: int, esize: int, vmax: int) -> tuple[int, int, int]:
-    """Scratch elements WINO2_WGRAD needs for c input and o output channels of esize bytes,
-    vectors of at most vmax bytes: the input transforms VB, the dy transforms ZB, the sums DU."""
-    o_pad = -(-o * esize // vmax) * vmax // esize
-    return 16 * c * TBS, 16 * TBS * o_pad, 16 * c * o_pad
+def wgrad_tbs(out_hw) -> int:
+    """Tiles per super-block of WINO2_WGRAD for dy sizes out_hw (ints, or symbolic: TBS)."""
+    ho, wo = out_hw
+    if not (is_const(ho) and is_const(wo)):
+        return TBS
+    quarter = ((int(ho) + 1) // 2) * ((int(wo) + 1) // 2) // 4
+    return max(32, min(TBS, 1 << max(quarter, 1).bit_length() - 1))
+
+
+def wgrad_scratch(c: int, o: int, out_hw, esize: int, vmax: int) -> tuple[int, int, int]:
+    """Scratch elements WINO2_WGRAD needs for c input and o output channels of esize bytes, dy
+    sizes out_hw, vectors of at most vmax bytes: the input transforms VB, the dy transforms ZB,
+    the sums DU."""
+    o_pad, tbs = -(-o * esize // vmax) * vmax // esize, wgrad_tbs(out_hw)
+    return 16 * c * tbs, 16 * tbs * o_pad, 16 * c * o_pad
 
 
 def wgrad_call(c: int, o: int, in_hw, out_hw, q: int, x: str, dy: str, vb: str, zb: str, du: str) -> str:
     """C text of out (o, c, 3, 3) = stride-1 correlation of x (c, in_hw) zero-padded by q with dy
     (o, out_hw) by WINO2_WGRAD, its scratch at vb, zb, du (:func:`wgrad_scratch`)."""
     (h, w), (ho, wo) = in_hw, out_hw
-    sizes = ", ".join(cx(v) for v in (c, o, h, w, q, ho, wo, TBS))
+    sizes = ", ".join(cx(v) for v in (c, o, h, w, q, ho, wo, wgrad_tbs(out_hw)))
     return f"WINO2_WGRAD({sizes}, {x}, {dy}, {vb}, {zb}, {du}, out)"

@@ -310,19 +310,28 @@ def _shifted(x, k, p, tag):
     return cols.reshape(c * k + 1, n * hp * wp)
 
 
-def _conv_s1(cols, w, b, k, n, ho, wo, out):
-    """Stride-1 convolution from _shifted columns, weights (O, C, k, k), bias (O,) or None, into
-    out (O, N, ho, wo)."""
+def _weights_s1(w, b, k):
+    """(k*O, C*k + 1) matrix of _conv_s1: row (i, o), column (c, j) = w[o, c, i, j]; the last
+    column is the bias (None: 0) in row block i = 0, 0 in the others."""
     o, c = w.shape[:2]
     wr = _buffer("wr", (k, o, c * k + 1), w.dtype)
     wr[..., :c * k].reshape(k, o, c, k)[:] = w.transpose(2, 0, 1, 3)
     wr[..., c * k] = 0
     if b is not None:
         wr[0, :, c * k] = b
+    return wr.reshape(k * o, c * k + 1)
+
+
+def _conv_s1(cols, w, b, k, n, ho, wo, out):
+    """Stride-1 convolution from _shifted columns, weights (O, C, k, k), bias (O,) or None, into
+    out (O, N, ho, wo)."""
+    o = w.shape[0]
+    wr = _weights_s1(w, b, k)
     hp, wp = ho + k - 1, wo + k - 1
     if k * o * cols.shape[1] * cols.itemsize > _ZBLOCK_MIN:
-        return _conv_s1_blocks(cols, wr.reshape(k * o, -1), k, n, ho, wo, out)
-    z = np.matmul(wr.reshape(k * o, -1), cols, out=_buffer("matmul", (k * o, cols.shape[1])))
+        cols = cols.reshape(cols.shape[0], n, hp * wp)
+        return _conv_s1_blocks(lambda m, a, e: cols[:, m, a * wp:e * wp], wr, k, n, ho, wo, out)
+    z = np.matmul(wr, cols, out=_buffer("matmul", (k * o, cols.shape[1])))
     z = z.reshape(k, o, n, hp, wp)
     np.add(z[0, :, :, :ho, :wo], z[1, :, :, 1:1 + ho, :wo], out=out)
     for i in range(2, k):
@@ -330,18 +339,18 @@ def _conv_s1(cols, w, b, k, n, ho, wo, out):
     return out
 
 
-def _conv_s1_blocks(cols, wr, k, n, ho, wo, out):
-    """_conv_s1 image by image, over blocks of padded rows [a, e): block i of the matmul result
-    at padded row f belongs to output row f - i. Rows go up, so output row r first gets its
-    i = 0 part (row r, written), then the others (added)."""
+def _conv_s1_blocks(cols_of, wr, k, n, ho, wo, out):
+    """_conv_s1 image by image, over blocks of padded rows [a, e) (columns: cols_of(image, a, e)):
+    block i of the matmul result at padded row f belongs to output row f - i. Rows go up, so
+    output row r first gets its i = 0 part (row r, written), then the others (added)."""
     o = out.shape[0]
     hp, wp = ho + k - 1, wo + k - 1
-    rows = max(1, _ZBLOCK_BYTES // (k * o * wp * cols.itemsize))
-    zb = _buffer("zblock", (k * o, min(rows, hp) * wp), cols.dtype)
+    rows = max(1, _ZBLOCK_BYTES // (k * o * wp * out.itemsize))
+    zb = _buffer("zblock", (k * o, min(rows, hp) * wp), out.dtype)
     for m in range(n):
         for a in range(0, hp, rows):
             e = min(hp, a + rows)
-            z = np.matmul(wr, cols[:, (m * hp + a) * wp:(m * hp + e) * wp], out=zb[:, :(e - a) * wp])
+            z = np.matmul(wr, cols_of(m, a, e), out=zb[:, :(e - a) * wp])
             z = z.reshape(k, o, e - a, wp)
             for i in range(k):
                 lo, hi = max(a - i, 0), min(e - i, ho)
@@ -349,6 +358,29 @@ def _conv_s1_blocks(cols, wr, k, n, ho, wo, out):
                     part, dst = z[i, :, lo + i - a:hi + i - a, :wo], out[:, m, lo:hi]
                     np.add(dst, part, out=dst) if i else np.copyto(dst, part)
     return out
+
+
+def _conv_s1_fused(x, w, b, k, p, ho, wo, out):
+    """Forward-only large stride-1 convolution (no columns kept for a weight gradient): as
+    _conv_s1_blocks, each block's _shifted columns made for its rows only, in a small work array."""
+    c, n, h, wd = x.shape
+    hp, wp = h + 2 * p, wd + 2 * p
+    wr = _weights_s1(w, b, k)
+    rows = max(1, _ZBLOCK_BYTES // (wr.shape[0] * wp * x.itemsize))
+    cb = _buffer(f"fused:{k}:{p}:{wd}", (c * k + 1, min(rows, hp), wp), x.dtype, zero=True)
+    cb[c * k] = 1
+    sh = cb[:c * k].reshape(c, k, -1, wp)
+    spans = [(min(max(0, p - j), wo), max(min(max(0, p - j), wo), min(wo, p - j + wd))) for j in range(k)]
+
+    def cols_of(m, a, e):
+        r0, r1 = min(max(a, p), e), max(min(e, p + h), min(max(a, p), e))  # rows of x in [a, e)
+        for j, (lo, hi) in enumerate(spans):
+            sh[:, j, :r0 - a, lo:hi] = 0
+            sh[:, j, r0 - a:r1 - a, lo:hi] = x[:, m, r0 - p:r1 - p, lo + j - p:hi + j - p]
+            sh[:, j, r1 - a:e - a, lo:hi] = 0
+        return cb[:, :e - a].reshape(c * k + 1, -1)
+
+    return _conv_s1_blocks(cols_of, wr, k, n, ho, wo, out)
 
 
 def _row_shifted(dy, k):
@@ -448,6 +480,8 @@ def _conv2d(x, w, b, k, s, p, ho, wo, cache=None, key=None, work=None):
     """Convolution of x (C, N, H, W); with a cache dict, keeps the columns for _conv2d_grad_weight."""
     tag = "im2col" if cache is None else key
     o, n = w.shape[0], x.shape[1]
+    if s == 1 and k > 1 and cache is None and k * o * n * (ho + k - 1) * (wo + k - 1) * x.itemsize > _ZBLOCK_MIN:
+        return _conv_s1_fused(x, w, b, k, p, ho, wo, _result(work, (o, n, ho, wo)))
     if s == 1 and k > 1:
         cols = _shifted(x, k, p, tag)
         if cache is not None:

@@ -55,6 +55,8 @@ def unetc_conv(mod, x, w, b, k, p, dy, dx_first=False):
     dw = mod._conv2d_grad_weight(xc, dyc, k, 1, p, cache.pop("layer"))
     if not dx_first:
         dx = mod._conv2d_grad_input(dyc, w, k, 1, p, (c, n, h, wd), None)
+    y_fwd = mod._conv2d(xc, w, b, k, 1, p, ho, wo, None, None, None)  # forward only: no columns kept
+    assert_same(y_fwd, y, "forward-only y", 1e-12)
     return y.transpose(1, 0, 2, 3), dw, dx.transpose(1, 0, 2, 3)
 
 

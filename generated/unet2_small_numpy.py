@@ -178,9 +178,9 @@ _KEEP_BATCH_SIZES = 3  # work arrays are kept for the batch sizes of this many m
 # the caches, measured slower per image in one big chunk) run a few images at a time.
 _CHUNK_PIXELS = 16384
 # A stride-1 convolution (or its input gradient) whose matmul result (k row blocks) would exceed
-# _ZBLOCK_MIN bytes runs in blocks of image rows of about _ZBLOCK_BYTES, each added up while it
-# is in the cache
-# (measured 10-20% faster at 128x128 and 256x256 with 32-64 channels, slower below ~4 MB).
+# _ZBLOCK_MIN bytes runs in blocks of image rows of about _ZBLOCK_BYTES, each block added up
+# while it is in the cache (measured 10-20% faster per layer at 128x128 and 256x256 with 32-64
+# channels on a Zen 3, no faster or slower below ~4 MB).
 _ZBLOCK_BYTES = 2 << 20
 _ZBLOCK_MIN = 4 << 20
 

@@ -70,7 +70,7 @@ def _conv_s1(alloc: Scratch, src: str, c: int, o: int, in_hw, out_hw, k: int, q:
     _direct_s1; a Winograd layer also carries the direct steps, their scratch overlaying
     Winograd's (one of the two runs)."""
     def wino():
-        n_u, n_vm = c_winograd.scratch(c, o, MR)
+        n_u, n_vm = c_winograd.scratch(c, o, out_hw, MR)
         return [c_winograd.call(c, o, in_hw, out_hw, q, src, wp, bias, relu, alloc(n_u), alloc(n_vm))]
 
     return _or_winograd(alloc, c_winograd.use_winograd(c, o, out_hw, k, alloc.esize), wino,

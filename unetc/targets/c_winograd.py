@@ -22,13 +22,15 @@ from .c_sizes import cx, is_const
 
 ENABLED = True  # False: never emit Winograd (tests compare both paths)
 TBS = 256  # output tiles per super-block of the weight gradient (WINO2_WGRAD: 16 (C + O) TBS
-# transformed elements, shared by the threads; 128 measured the same at base_c 64, 128x128), or a
-# quarter of the layer's tiles when fewer (at least 32): then the transforms take about as much
-# scratch as x and dy themselves (base_c 64, 32x32: 1.25 instead of 3.5 MB)
+# transformed elements, shared by the threads; 128 measured the same at base_c 64, 128x128), or an
+# eighth of the layer's tiles (a power of 2, at least 32) when fewer: then the transforms take
+# half the scratch of x and dy themselves (base_c 64, 32x32 up1_1: 1.3 instead of 3.5 MB)
 WGRAD_STACK = 2 * 2 * 32 * 4 * 64  # stack bytes of wino2_dy: two rows of 32 tiles x a panel of at
 # most 4 vectors of 64 bytes
 TB = 32  # tiles (2 x 2 outputs) per block: the GEMM image width (a multiple of 2 vectors everywhere)
-SLOTS = 8  # scratch blocks: at most this many threads run one layer's blocks
+SLOTS = 8  # scratch blocks: at most this many threads run one layer's blocks; a layer of few
+# blocks gets one slot per 8 blocks (at least 2): base_c 64 at 32x32 (8 blocks) then takes 0.8
+# instead of 3.1 MB of slots, 64x64 (32 blocks) 4 slots; 2 threads still have a slot each
 WINO_MIN_C = {4: 16, 8: 32}  # input and output channels (per element size) from which Winograd runs ...
 WINO_MIN_PIXELS = 1024  # ... and output pixels, ...
 WINO_FEW_PIXELS = {4: 8192, 8: 1024}  # ... or these many when min(C, O) < twice WINO_MIN_C: at 2
@@ -63,10 +65,19 @@ def use_winograd_wgrad(c: int, o: int, out_hw, k: int, esize: int = 4):
     return ho * wo >= WINO_MIN_PIXELS
 
 
-def scratch(c: int, o: int, mr: int) -> tuple[int, int]:
-    """Scratch elements WINO2 needs for c input and o output channels, output channels packed in
-    blocks of mr: the transformed weights U, then the thread slots VM."""
-    return 16 * -(-o // mr) * mr * c, SLOTS * 16 * (c + o) * TB
+def slots(out_hw) -> int:
+    """Thread slots of WINO2 for output sizes out_hw (ints, or symbolic: SLOTS)."""
+    ho, wo = out_hw
+    if not (is_const(ho) and is_const(wo)):
+        return SLOTS
+    blocks = -(-((int(ho) + 1) // 2) * ((int(wo) + 1) // 2) // TB)
+    return min(blocks, max(2, min(SLOTS, blocks // 8)))
+
+
+def scratch(c: int, o: int, out_hw, mr: int) -> tuple[int, int]:
+    """Scratch elements WINO2 needs for c input and o output channels, output sizes out_hw,
+    output channels packed in blocks of mr: the transformed weights U, then the thread slots VM."""
+    return 16 * -(-o // mr) * mr * c, slots(out_hw) * 16 * (c + o) * TB
 
 
 def call(c: int, o: int, in_hw, out_hw, q: int, src: str, wp: str, bias: str, relu: bool, u: str,
@@ -75,7 +86,7 @@ def call(c: int, o: int, in_hw, out_hw, q: int, src: str, wp: str, bias: str, re
     q with the packed weights wp (then relu) by WINO2, its scratch at u and vm (:func:`scratch`)."""
     (h, w), (ho, wo) = in_hw, out_hw
     sizes = ", ".join(cx(v) for v in (c, o, h, w, q, ho, wo, TB))
-    return f"WINO2({sizes}, {src}, {wp}, {bias}, {int(relu)}, {u}, {vm}, {SLOTS}, out)"
+    return f"WINO2({sizes}, {src}, {wp}, {bias}, {int(relu)}, {u}, {vm}, {slots(out_hw)}, out)"
 
 
 def wgrad_tbs(out_hw) -> int:
@@ -83,8 +94,8 @@ def wgrad_tbs(out_hw) -> int:
     ho, wo = out_hw
     if not (is_const(ho) and is_const(wo)):
         return TBS
-    quarter = ((int(ho) + 1) // 2) * ((int(wo) + 1) // 2) // 4
-    return max(32, min(TBS, 1 << max(quarter, 1).bit_length() - 1))
+    eighth = ((int(ho) + 1) // 2) * ((int(wo) + 1) // 2) // 8
+    return max(32, min(TBS, 1 << max(eighth, 1).bit_length() - 1))
 
 
 def wgrad_scratch(c: int, o: int, out_hw, esize: int, vmax: int) -> tuple[int, int, int]:

@@ -199,3 +199,20 @@ def test_rule_keeps_direct_convolution_where_winograd_loses():
     assert wg(16, 64, (128, 128), 3) is False and wg(64, 64, (16, 16), 3) is False
     assert wg(32, 64, (64, 64), 3, 8) is True and wg(16, 64, (64, 64), 3, 8) is False  # float64
     assert wg(64, 64, (128, 128), 1) is False and isinstance(wg(64, 64, (h, w), 3), sympy.Basic)
+
+
+@pytest.mark.parametrize("dtype,poly,variant", [("float32", False, []), ("float32", False, ["-march=x86-64-v4"]),
+                                                ("float64", True, ["-march=native", "-fopenmp"]),
+                                                ("float64", True, ["-DUNETC_PORTABLE"])])
+def test_winograd_config_compiles_warning_free(tmp_path, dtype, poly, variant):
+    """gcc -O2 -Wall -Wextra -Wpedantic -Werror -c on a config with Winograd forward, input and
+    weight gradients (40 channels: partial panels; level 2 at 17x19, whose 323-pixel bias sum once
+    tripped -Waggressive-loop-optimizations), per ISA (x86-64-v4: compile only) and plain C."""
+    h, w = ("H", "W") if poly else (34, 38)
+    cfg = Config(name="wino_warn", dtype=dtype, in_h=h, in_w=w, in_c=3, out_c=2, base_c=40)
+    write_all(tmp_path, c_target.files(specialize(cfg), False))
+    src = tmp_path / "wino_warn.c"
+    assert "WINO2_WGRAD(40, 40, " in src.read_text()  # down1_2's weight gradient runs as Winograd
+    p = subprocess.run([CC, "-std=c99", "-O2", "-Wall", "-Wextra", "-Wpedantic", "-Werror", *variant, "-c", str(src),
+                        "-o", str(tmp_path / "o.o")], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[:2000]

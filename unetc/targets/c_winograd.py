@@ -18,16 +18,17 @@ run time or when the C is compiled with -DUNETC_NO_WINOGRAD (both paths always c
 """
 from __future__ import annotations
 
-from .c_sizes import cx, is_const
+from .c_sizes import cx, is_const, rup
 
 ENABLED = True  # False: never emit Winograd (tests compare both paths)
 TBS = 256  # output tiles per super-block of the weight gradient (WINO2_WGRAD: 16 (C + O) TBS
 # transformed elements, shared by the threads; 128 measured the same at base_c 64, 128x128), or an
 # eighth of the layer's tiles (a power of 2, at least 32) when fewer: then the transforms take
 # half the scratch of x and dy themselves (base_c 64, 32x32 up1_1: 1.3 instead of 3.5 MB)
-WGRAD_STACK = 2 * 2 * 32 * 4 * 64  # stack bytes of wino2_dy: two rows of 32 tiles x a panel of at
-# most 4 vectors of 64 bytes
-TB = 32  # tiles (2 x 2 outputs) per block: the GEMM image width (a multiple of 2 vectors everywhere)
+TB = 32  # tiles (2 x 2 outputs) per block: the GEMM image width (a multiple of 2 vectors everywhere);
+# also the weight gradient's transform task (a run of TB tiles) and its smallest super-block
+WGRAD_STACK = 2 * 2 * TB * 4 * 64  # stack bytes of wino2_dy: two rows of a TB-tile run x a panel of
+# at most 4 vectors of 64 bytes
 SLOTS = 8  # scratch blocks: at most this many threads run one layer's blocks; a layer of few
 # blocks gets one slot per 8 blocks (at least 2): base_c 64 at 32x32 (8 blocks) then takes 0.8
 # instead of 3.1 MB of slots, 64x64 (32 blocks) 4 slots; 2 threads still have a slot each
@@ -65,12 +66,20 @@ def use_winograd_wgrad(c: int, o: int, out_hw, k: int, esize: int = 4):
     return ho * wo >= WINO_MIN_PIXELS
 
 
-def slots(out_hw) -> int:
-    """Thread slots of WINO2 for output sizes out_hw (ints, or symbolic: SLOTS)."""
+def _tiles(out_hw) -> int | None:
+    """Output tiles (2 x 2 outputs each) of output sizes out_hw; None for symbolic sizes."""
     ho, wo = out_hw
     if not (is_const(ho) and is_const(wo)):
+        return None
+    return ((int(ho) + 1) // 2) * ((int(wo) + 1) // 2)
+
+
+def slots(out_hw) -> int:
+    """Thread slots of WINO2 for output sizes out_hw (ints, or symbolic: SLOTS)."""
+    tiles = _tiles(out_hw)
+    if tiles is None:
         return SLOTS
-    blocks = -(-((int(ho) + 1) // 2) * ((int(wo) + 1) // 2) // TB)
+    blocks = -(-tiles // TB)
     return min(blocks, max(2, min(SLOTS, blocks // 8)))
 
 
@@ -91,18 +100,17 @@ def call(c: int, o: int, in_hw, out_hw, q: int, src: str, wp: str, bias: str, re
 
 def wgrad_tbs(out_hw) -> int:
     """Tiles per super-block of WINO2_WGRAD for dy sizes out_hw (ints, or symbolic: TBS)."""
-    ho, wo = out_hw
-    if not (is_const(ho) and is_const(wo)):
+    tiles = _tiles(out_hw)
+    if tiles is None:
         return TBS
-    eighth = ((int(ho) + 1) // 2) * ((int(wo) + 1) // 2) // 8
-    return max(32, min(TBS, 1 << max(eighth, 1).bit_length() - 1))
+    return max(TB, min(TBS, 1 << max(tiles // 8, 1).bit_length() - 1))
 
 
 def wgrad_scratch(c: int, o: int, out_hw, esize: int, vmax: int) -> tuple[int, int, int]:
     """Scratch elements WINO2_WGRAD needs for c input and o output channels of esize bytes, dy
     sizes out_hw, vectors of at most vmax bytes: the input transforms VB, the dy transforms ZB,
     the sums DU."""
-    o_pad, tbs = -(-o * esize // vmax) * vmax // esize, wgrad_tbs(out_hw)
+    o_pad, tbs = rup(o * esize, vmax) // esize, wgrad_tbs(out_hw)
     return 16 * c * tbs, 16 * tbs * o_pad, 16 * c * o_pad
 
 
@@ -110,5 +118,5 @@ def wgrad_call(c: int, o: int, in_hw, out_hw, q: int, x: str, dy: str, vb: str, 
     """C text of out (o, c, 3, 3) = stride-1 correlation of x (c, in_hw) zero-padded by q with dy
     (o, out_hw) by WINO2_WGRAD, its scratch at vb, zb, du (:func:`wgrad_scratch`)."""
     (h, w), (ho, wo) = in_hw, out_hw
-    sizes = ", ".join(cx(v) for v in (c, o, h, w, q, ho, wo, wgrad_tbs(out_hw)))
+    sizes = ", ".join(cx(v) for v in (c, o, h, w, q, ho, wo, wgrad_tbs(out_hw), TB))
     return f"WINO2_WGRAD({sizes}, {x}, {dy}, {vb}, {zb}, {du}, out)"

@@ -1,5 +1,5 @@
-"""C target, Winograd F(2x2, 3x3) (unetc/targets/c_winograd.py, templates/c_winograd.j2): a
-config whose 3x3 convolutions and input gradients run as Winograd, forward + 16 parameter
+"""C target, Winograd F(2x2, 3x3) and F(4x4, 3x3) (unetc/targets/c_winograd.py,
+templates/c_winograd.j2): a config whose 3x3 convolutions and input gradients run as Winograd, forward + 16 parameter
 gradients + grad_x against PyTorch autograd (float64 1e-10, float32 1e-4), specialised and
 size-polymorphic (odd sizes: partial edge tiles), the same build with -DUNETC_NO_WINOGRAD (the
 direct path), a strict-warning + sanitizer testbench, and the rule (direct for few channels,
@@ -102,12 +102,16 @@ def errors(mod, cfg: Config, h: int, w: int, seed: int = 3) -> tuple[dict, tuple
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_specialised_winograd_matches_pytorch(build, dtype):
-    """Winograd in the 3x3 layers with >= 16 (float32) / 32 (float64) channels both ways (forward and input gradient, both
-    levels); float32: the -DUNETC_NO_WINOGRAD build of the same source (direct convolution) also
+    """Winograd in the 3x3 layers with >= 16 (float32) / 32 (float64) channels both ways (forward
+    and input gradient, both levels: float32 F(4x4) at 66x70 and F(2x2) at 33x35, float64 F(4x4)
+    at both); float32: the -DUNETC_NO_WINOGRAD build of the same source (direct convolution) also
     matches, and differs from the Winograd one (so the Winograd path did run)."""
     cfg = wino_cfg(dtype)
     mod, src = build(cfg)
-    assert src.count("{ WINO2(") >= 10  # forward and input gradients, both levels
+    if dtype == "float32":
+        assert src.count("{ WINO4(") >= 4 and src.count("{ WINO2(") >= 4  # 66x70 and 33x35
+    else:
+        assert src.count("{ WINO4(") >= 10  # forward and input gradients, both levels
     assert src.count("{ WINO2_WGRAD(") >= 5  # the weight gradients of those layers
     errs, (y, gx) = errors(mod, cfg, 66, 70)
     assert max(errs.values()) <= TOL[dtype], errs
@@ -117,6 +121,23 @@ def test_specialised_winograd_matches_pytorch(build, dtype):
     errs_off, (y_off, gx_off) = errors(off, cfg, 66, 70)
     assert max(errs_off.values()) <= TOL[dtype], errs_off
     assert not np.array_equal(y, y_off) and not np.array_equal(gx, gx_off)
+
+
+def test_f4_and_f2_both_match_pytorch(build, monkeypatch):
+    """float32, 66x70 (F(4x4) at level 1, partial edge tiles of 2 and 2 rows / columns): the same
+    config emitted with F(2x2) only (c_winograd.F4 = False) also matches PyTorch, and its level-1
+    results differ in bits from the F(4x4) build (so WINO4 ran, and is not F(2x2) renamed)."""
+    cfg = wino_cfg("float32")
+    mod, _ = build(cfg)
+    monkeypatch.setattr(c_winograd, "F4", False)
+    cfg2 = Config(name="wino_f2only_32", dtype="float32", in_h=66, in_w=70, **BASE)
+    f2, src2 = build(cfg2)
+    assert "{ WINO4(" not in src2 and src2.count("{ WINO2(") >= 10
+    errs, (y, gx) = errors(mod, cfg, 66, 70)
+    errs2, (y2, gx2) = errors(f2, cfg2, 66, 70)
+    assert max(errs.values()) <= TOL["float32"], errs
+    assert max(errs2.values()) <= TOL["float32"], errs2
+    assert not np.array_equal(y, y2) and not np.array_equal(gx, gx2)
 
 
 def test_winograd_weight_gradient_partial_panels(build):
@@ -143,12 +164,14 @@ def test_winograd_weight_gradient_partial_panels(build):
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_polymorphic_winograd_matches_pytorch(build, dtype):
-    """One symbolic emit at sizes with odd lower levels (33x35, 35x31: partial tiles; blocks
-    spanning tile rows) and at a size where the run-time rule keeps direct convolution."""
+    """One symbolic emit (F(4x4) wherever Winograd runs) at sizes with odd lower levels (33x35,
+    35x31: partial tiles; blocks spanning tile rows), with rows of 75 tiles (20x300: runs inside
+    the image, transformed in place) and at a size where the run-time rule keeps direct
+    convolution."""
     cfg = wino_cfg(dtype, poly=True)
     mod, src = build(cfg)
     assert "WINO_ON && (" in src  # the pixel rule is decided at run time
-    for h, w in ((66, 70), (70, 62), (16, 20)):
+    for h, w in ((66, 70), (70, 62), (20, 300), (16, 20)):
         errs, _ = errors(mod, cfg, h, w)
         assert max(errs.values()) <= TOL[dtype], (h, w, errs)
 
@@ -159,9 +182,11 @@ def test_winograd_strict_warnings_and_sanitizers(tmp_path, monkeypatch):
     PASS against the emit-time reference."""
     monkeypatch.setattr(c_winograd, "WINO_MIN_PIXELS", 64)
     monkeypatch.setattr(c_winograd, "WINO_FEW_PIXELS", {4: 64, 8: 64})
+    monkeypatch.setattr(c_winograd, "F4_MIN_PIXELS", {4: 500, 8: 500})  # F(4x4) at 34x22, F(2x2) at 17x11
     cfg = Config(name="wino_tb", dtype="float64", in_h=34, in_w=22, **BASE)
     write_all(tmp_path, c_target.files(specialize(cfg), True))
-    assert (tmp_path / "wino_tb.c").read_text().count("{ WINO2(") >= 10
+    text = (tmp_path / "wino_tb.c").read_text()
+    assert text.count("{ WINO4(") >= 4 and text.count("{ WINO2(") >= 4
     assert (tmp_path / "wino_tb.c").read_text().count("{ WINO2_WGRAD(") >= 5
     exe = tmp_path / "tb"
     flags = ["-O1", "-g", "-Wall", "-Wextra", "-Wpedantic", "-Werror", "-march=native", "-fopenmp",
@@ -179,20 +204,23 @@ def test_rule_keeps_direct_convolution_where_winograd_loses():
     symbolic sizes; the small matrix configs emit no Winograd call."""
     use = c_winograd.use_winograd
     assert use(64, 64, (128, 128), 3) is True and use(32, 64, (33, 35), 3) is True
-    assert use(16, 32, (128, 128), 3) is True and use(16, 32, (64, 64), 3) is False  # 16 channels: >= 8192 pixels
+    assert use(16, 32, (64, 64), 3) is True and use(16, 32, (63, 64), 3) is False  # 16 channels: >= 4096 pixels
     assert use(16, 32, (33, 35), 3, 8) is False and use(32, 32, (33, 35), 3, 8) is True  # float64
     assert use(8, 8, (64, 64), 3) is False and use(3, 16, (128, 128), 3) is False
     assert use(64, 8, (128, 128), 3) is False and use(128, 128, (16, 16), 3) is False
     assert use(64, 64, (128, 128), 5) is False
     h, w = sympy.symbols("H W", positive=True, integer=True)
     assert isinstance(use(32, 32, (h, w), 3), sympy.Basic) and use(8, 8, (h, w), 3) is False
+    tile = c_winograd.tile  # F(4x4) from 4096 output pixels (float32) / 1024 (float64), and symbolic
+    assert tile((64, 64)) == 4 and tile((64, 63)) == 2 and tile((32, 32), 8) == 4 and tile((31, 33), 8) == 2
+    assert tile((h, w)) == 4
     tiny = Config(name="wino_tiny", in_c=1, out_c=2, in_h=64, in_w=64, base_c=4)  # 4 and 8 channels
-    assert c_target.files(specialize(tiny))["wino_tiny.c"].count("{ WINO2(") == 0
+    assert c_target.files(specialize(tiny))["wino_tiny.c"].count("{ WINO") == 0
     small = Config(name="wino_small", in_c=1, out_c=2, in_h=64, in_w=64, base_c=8)  # 16 -> 16 at 32x32: direct
-    assert c_target.files(specialize(small))["wino_small.c"].count("{ WINO2(") == 0
+    assert c_target.files(specialize(small))["wino_small.c"].count("{ WINO") == 0
     b16 = Config(name="wino_b16", in_c=1, out_c=2, in_h=128, in_w=128, base_c=16)  # 16 channels at 128x128
     src16 = c_target.files(specialize(b16))["wino_b16.c"]
-    assert src16.count("{ WINO2(16, 16, 128, 128,") == 4  # down1_2, up1_2 and their input gradients
+    assert src16.count("{ WINO4(16, 16, 128, 128,") == 4  # down1_2, up1_2 and their input gradients
     assert src16.count("{ WINO2_WGRAD(") == src16.count("{ WINO2_WGRAD(32, 32, 64, 64,") == 1  # down2_2 only
     wg = c_winograd.use_winograd_wgrad
     assert wg(64, 64, (128, 128), 3) is True and wg(128, 32, (32, 32), 3) is True
@@ -204,15 +232,19 @@ def test_rule_keeps_direct_convolution_where_winograd_loses():
 @pytest.mark.parametrize("dtype,poly,variant", [("float32", False, []), ("float32", False, ["-march=x86-64-v4"]),
                                                 ("float64", True, ["-march=native", "-fopenmp"]),
                                                 ("float64", True, ["-DUNETC_PORTABLE"])])
-def test_winograd_config_compiles_warning_free(tmp_path, dtype, poly, variant):
+def test_winograd_config_compiles_warning_free(tmp_path, monkeypatch, dtype, poly, variant):
     """gcc -O2 -Wall -Wextra -Wpedantic -Werror -c on a config with Winograd forward, input and
     weight gradients (40 channels: partial panels; level 2 at 17x19, whose 323-pixel bias sum once
-    tripped -Waggressive-loop-optimizations), per ISA (x86-64-v4: compile only) and plain C."""
+    tripped -Waggressive-loop-optimizations), per ISA (x86-64-v4: compile only) and plain C;
+    F(2x2) in the default-ISA float32 build, F(4x4) in the others."""
+    if variant:
+        monkeypatch.setattr(c_winograd, "F4_MIN_PIXELS", {4: 1024, 8: 1024})
     h, w = ("H", "W") if poly else (34, 38)
     cfg = Config(name="wino_warn", dtype=dtype, in_h=h, in_w=w, in_c=3, out_c=2, base_c=40)
     write_all(tmp_path, c_target.files(specialize(cfg), False))
     src = tmp_path / "wino_warn.c"
     assert "WINO2_WGRAD(40, 40, " in src.read_text()  # down1_2's weight gradient runs as Winograd
+    assert ("{ WINO4(40, 40, " in src.read_text()) == bool(variant)
     p = subprocess.run([CC, "-std=c99", "-O2", "-Wall", "-Wextra", "-Wpedantic", "-Werror", *variant, "-c", str(src),
                         "-o", str(tmp_path / "o.o")], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr[:2000]

@@ -70,8 +70,9 @@ def _conv_s1(alloc: Scratch, src: str, c: int, o: int, in_hw, out_hw, k: int, q:
     _direct_s1; a Winograd layer also carries the direct steps, their scratch overlaying
     Winograd's (one of the two runs)."""
     def wino():
-        n_u, n_vm = c_winograd.scratch(c, o, out_hw, MR)
-        return [c_winograd.call(c, o, in_hw, out_hw, q, src, wp, bias, relu, alloc(n_u), alloc(n_vm))]
+        m = c_winograd.tile(out_hw, alloc.esize)
+        n_u, n_vm = c_winograd.scratch(c, o, out_hw, MR, m)
+        return [c_winograd.call(c, o, in_hw, out_hw, q, src, wp, bias, relu, alloc(n_u), alloc(n_vm), m)]
 
     return _or_winograd(alloc, c_winograd.use_winograd(c, o, out_hw, k, alloc.esize), wino,
                         lambda: _direct_s1(alloc, src, c, o, in_hw, out_hw, k, q, wp, bias, relu))

@@ -1,6 +1,7 @@
 """Winograd convolution for the C target: where a stride-1 3x3 convolution (or input gradient)
-runs as Winograd F(2x2, 3x3) instead of direct convolution, and the kernel calls that compute it
-(``WINO2`` in templates/c_winograd.j2). F(4x4, 3x3) is not implemented.
+runs as Winograd F(2x2, 3x3) or F(4x4, 3x3) instead of direct convolution, and the kernel calls
+that compute it (``WINO2`` / ``WINO4`` in templates/c_winograd.j2; weight gradients:
+``WINO2_WGRAD``, F(2x2) only).
 
 Rule (:func:`use_winograd`): k == 3, min(C, O) >= WINO_MIN_C[dtype] (16 float32, 32 float64) and
 at least WINO_MIN_PIXELS = 1024 output pixels (checked at run time for symbolic sizes). Measured
@@ -11,6 +12,17 @@ C=16 128x128 1.48/0.94, 64x64 0.64/0.54, 32x32 0.21/0.21, 16x16 0.05/0.40; C=8 6
 C=128 16x16 2.03/2.98. float64: C=64 128x128 65.1/24.3, C=32 64x64 4.02/2.20, 32x32 0.96/0.65;
 C=16 128x128 2.28/3.66, 64x64 0.52/0.60; C=8 64x64 0.13/0.20. Below 1024 pixels the per-call
 weight transform (16 C O) and the block overheads outweigh the 2.25x fewer multiplies.
+
+F(4x4, 3x3) (:func:`tile`) takes 2.25 instead of 4 multiplies per output and reads 36 / 16 instead
+of 16 / 4 transformed values per output pixel, but its blocks of TB tiles cover 4x the pixels
+(a half-empty block at 16x16) and its points (0, +-1, +-2) round more: max relative error
+against PyTorch float64 on base_c 32 at 66x70 (forward, 16 gradients, grad_x), float32 F(2x2)
+1.3e-6, F(4x4) 4.5e-6; float64 4.2e-15 and 1.0e-14. Measured like the rule above (ms direct /
+F(2x2) / F(4x4), 1 thread): float32 C=64 128x128 21.6/12.1/8.6, 64x64 4.33/2.50/2.16, 32x32
+1.08/0.84/0.93; C=32 256x256 26.0/20.6/17.1, 64x64 1.28/1.08/0.87, 32x32 0.32/0.32/0.33; C=16
+128x128 1.28/1.29/1.00, 64x64 0.30/0.27/0.27; C=128 32x32 3.81/2.29/2.05, 16x16 1.06/0.94/1.84.
+float64 C=64 32x32 1.86/1.24/1.00, C=32 32x32 0.47/0.43/0.37, C=128 16x16 1.83/1.46/3.32. At 2
+threads the same order (float32 C=32 128x128 2.58/2.51/1.62, C=64 32x32 0.56/0.48/0.50).
 
 Every Winograd layer also carries the direct convolution, taken when the pixel rule fails at
 run time or when the C is compiled with -DUNETC_NO_WINOGRAD (both paths always compile);
@@ -34,9 +46,9 @@ SLOTS = 8  # scratch blocks: at most this many threads run one layer's blocks; a
 # instead of 3.1 MB of slots, 64x64 (32 blocks) 4 slots; 2 threads still have a slot each
 WINO_MIN_C = {4: 16, 8: 32}  # input and output channels (per element size) from which Winograd runs ...
 WINO_MIN_PIXELS = 1024  # ... and output pixels, ...
-WINO_FEW_PIXELS = {4: 8192, 8: 1024}  # ... or these many when min(C, O) < twice WINO_MIN_C: at 2
-# threads (the direct kernel scales better) a float32 16-channel layer lost at 64x64 (base_c 16:
-# f+b 3.9 vs 3.1 ms) and won at 128x128 (1.6x, 1 thread)
+WINO_FEW_PIXELS = {4: 4096, 8: 1024}  # ... or these many when min(C, O) < twice WINO_MIN_C: a
+# float32 16-channel layer at 64x64 loses as F(2x2) at 2 threads (the direct kernel scales better;
+# base_c 16 f+b 3.9 vs 3.1 ms) and is even as F(4x4) (0.130 vs 0.137 ms direct, 2 threads)
 
 
 def use_winograd(c: int, o: int, out_hw, k: int, esize: int = 4):
@@ -48,6 +60,9 @@ def use_winograd(c: int, o: int, out_hw, k: int, esize: int = 4):
     few = min(c, o) < 2 * WINO_MIN_C[esize]
     return ho * wo >= (max(WINO_MIN_PIXELS, WINO_FEW_PIXELS[esize]) if few else WINO_MIN_PIXELS)
 
+
+F4 = True  # False: F(2x2, 3x3) everywhere (tests compare both)
+F4_MIN_PIXELS = {4: 4096, 8: 1024}  # output pixels from which F(4x4, 3x3) replaces F(2x2, 3x3)
 
 WGRAD_MIN_C = {4: 32, 8: 32}  # channels from which the weight gradient runs as Winograd (with
 # WINO_MIN_PIXELS): below, its transforms (16 (C + O) values per tile) outweigh the GEMM it saves.
@@ -66,36 +81,47 @@ def use_winograd_wgrad(c: int, o: int, out_hw, k: int, esize: int = 4):
     return ho * wo >= WINO_MIN_PIXELS
 
 
-def _tiles(out_hw) -> int | None:
-    """Output tiles (2 x 2 outputs each) of output sizes out_hw; None for symbolic sizes."""
+def tile(out_hw, esize: int = 4) -> int:
+    """The output tile side M of the Winograd F(M x M, 3x3) that runs a layer (where
+    :func:`use_winograd` holds) with output sizes out_hw: 4 from F4_MIN_PIXELS[esize] output
+    pixels and for symbolic sizes, else 2."""
+    tiles = _tiles(out_hw, 1)
+    return 4 if F4 and (tiles is None or tiles >= F4_MIN_PIXELS[esize]) else 2
+
+
+def _tiles(out_hw, m: int = 2) -> int | None:
+    """Output tiles (m x m outputs each) of output sizes out_hw; None for symbolic sizes."""
     ho, wo = out_hw
     if not (is_const(ho) and is_const(wo)):
         return None
-    return ((int(ho) + 1) // 2) * ((int(wo) + 1) // 2)
+    return -(-int(ho) // m) * -(-int(wo) // m)
 
 
-def slots(out_hw) -> int:
-    """Thread slots of WINO2 for output sizes out_hw (ints, or symbolic: SLOTS)."""
-    tiles = _tiles(out_hw)
+def slots(out_hw, m: int = 2) -> int:
+    """Thread slots of WINO2 / WINO4 (tile side m) for output sizes out_hw (ints, or symbolic: SLOTS)."""
+    tiles = _tiles(out_hw, m)
     if tiles is None:
         return SLOTS
     blocks = -(-tiles // TB)
     return min(blocks, max(2, min(SLOTS, blocks // 8)))
 
 
-def scratch(c: int, o: int, out_hw, mr: int) -> tuple[int, int]:
-    """Scratch elements WINO2 needs for c input and o output channels, output sizes out_hw,
-    output channels packed in blocks of mr: the transformed weights U, then the thread slots VM."""
-    return 16 * -(-o // mr) * mr * c, slots(out_hw) * 16 * (c + o) * TB
+def scratch(c: int, o: int, out_hw, mr: int, m: int = 2) -> tuple[int, int]:
+    """Scratch elements WINO2 (m = 2) / WINO4 (m = 4) needs for c input and o output channels,
+    output sizes out_hw, output channels packed in blocks of mr: the transformed weights U, then
+    the thread slots VM."""
+    nx = (m + 2) ** 2
+    return nx * -(-o // mr) * mr * c, slots(out_hw, m) * nx * (c + o) * TB
 
 
 def call(c: int, o: int, in_hw, out_hw, q: int, src: str, wp: str, bias: str, relu: bool, u: str,
-         vm: str) -> str:
+         vm: str, m: int = 2) -> str:
     """C text of out (o, out_hw) = bias + stride-1 3x3 correlation of src (c, in_hw) zero-padded by
-    q with the packed weights wp (then relu) by WINO2, its scratch at u and vm (:func:`scratch`)."""
+    q with the packed weights wp (then relu) by WINO2 (m = 2) or WINO4 (m = 4), its scratch at u
+    and vm (:func:`scratch`)."""
     (h, w), (ho, wo) = in_hw, out_hw
     sizes = ", ".join(cx(v) for v in (c, o, h, w, q, ho, wo, TB))
-    return f"WINO2({sizes}, {src}, {wp}, {bias}, {int(relu)}, {u}, {vm}, {slots(out_hw)}, out)"
+    return f"WINO{m}({sizes}, {src}, {wp}, {bias}, {int(relu)}, {u}, {vm}, {slots(out_hw, m)}, out)"
 
 
 def wgrad_tbs(out_hw) -> int:

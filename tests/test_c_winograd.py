@@ -110,6 +110,7 @@ def test_specialised_winograd_matches_pytorch(build, dtype):
     mod, src = build(cfg)
     if dtype == "float32":
         assert src.count("{ WINO4(") >= 4 and src.count("{ WINO2(") >= 4  # 66x70 and 33x35
+        assert "winograd F(2x2, 3x3) and F(4x4, 3x3)" in mod.tuning()
     else:
         assert src.count("{ WINO4(") >= 10  # forward and input gradients, both levels
     assert src.count("{ WINO2_WGRAD(") >= 5  # the weight gradients of those layers
@@ -164,26 +165,28 @@ def test_winograd_weight_gradient_partial_panels(build):
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_polymorphic_winograd_matches_pytorch(build, dtype):
-    """One symbolic emit (F(4x4) wherever Winograd runs) at sizes with odd lower levels (33x35,
-    35x31: partial tiles; blocks spanning tile rows), with rows of 75 tiles (20x300: runs inside
-    the image, transformed in place) and at a size where the run-time rule keeps direct
-    convolution."""
+    """One symbolic emit (F(4x4) or F(2x2) and direct convolution chosen at run time) at sizes
+    with odd lower levels (33x35, 35x31: partial tiles; blocks spanning tile rows), with rows of
+    75 tiles (20x300: runs inside the image, transformed in place) and at a size where the
+    run-time rule keeps direct convolution."""
     cfg = wino_cfg(dtype, poly=True)
     mod, src = build(cfg)
     assert "WINO_ON && (" in src  # the pixel rule is decided at run time
+    assert "{ WINO4(" in src and "{ WINO2(" in src  # ... and the tile size
     for h, w in ((66, 70), (70, 62), (20, 300), (16, 20)):
         errs, _ = errors(mod, cfg, h, w)
         assert max(errs.values()) <= TOL[dtype], (h, w, errs)
 
 
 def test_winograd_strict_warnings_and_sanitizers(tmp_path, monkeypatch):
-    """The testbench of a Winograd config (pixel threshold lowered: both levels, 17x11 odd):
+    """The testbench of a Winograd config (pixel thresholds lowered: F(4x4) at 10x300, F(2x2) at
+    5x150, odd; runs of tiles inside the image, read in place):
     -Wall -Wextra -Wpedantic -Werror, address and undefined-behaviour sanitizers, OpenMP threads;
     PASS against the emit-time reference."""
     monkeypatch.setattr(c_winograd, "WINO_MIN_PIXELS", 64)
     monkeypatch.setattr(c_winograd, "WINO_FEW_PIXELS", {4: 64, 8: 64})
-    monkeypatch.setattr(c_winograd, "F4_MIN_PIXELS", {4: 500, 8: 500})  # F(4x4) at 34x22, F(2x2) at 17x11
-    cfg = Config(name="wino_tb", dtype="float64", in_h=34, in_w=22, **BASE)
+    monkeypatch.setattr(c_winograd, "F4_MIN_PIXELS", {4: 1000, 8: 1000})  # F(4x4) at 10x300, F(2x2) at 5x150
+    cfg = Config(name="wino_tb", dtype="float64", in_h=10, in_w=300, **BASE)  # rows of 75 tiles: in-place runs
     write_all(tmp_path, c_target.files(specialize(cfg), True))
     text = (tmp_path / "wino_tb.c").read_text()
     assert text.count("{ WINO4(") >= 4 and text.count("{ WINO2(") >= 4
@@ -213,7 +216,7 @@ def test_rule_keeps_direct_convolution_where_winograd_loses():
     assert isinstance(use(32, 32, (h, w), 3), sympy.Basic) and use(8, 8, (h, w), 3) is False
     tile = c_winograd.tile  # F(4x4) from 4096 output pixels (float32) / 1024 (float64), and symbolic
     assert tile((64, 64)) == 4 and tile((64, 63)) == 2 and tile((32, 32), 8) == 4 and tile((31, 33), 8) == 2
-    assert tile((h, w)) == 4
+    assert isinstance(tile((h, w)), sympy.Basic)  # decided at run time
     tiny = Config(name="wino_tiny", in_c=1, out_c=2, in_h=64, in_w=64, base_c=4)  # 4 and 8 channels
     assert c_target.files(specialize(tiny))["wino_tiny.c"].count("{ WINO") == 0
     small = Config(name="wino_small", in_c=1, out_c=2, in_h=64, in_w=64, base_c=8)  # 16 -> 16 at 32x32: direct

@@ -69,28 +69,39 @@ def _conv_s1(alloc: Scratch, src: str, c: int, o: int, in_hw, out_hw, k: int, q:
     (at run time for symbolic sizes, and unless compiled with -DUNETC_NO_WINOGRAD), else
     _direct_s1; a Winograd layer also carries the direct steps, their scratch overlaying
     Winograd's (one of the two runs)."""
-    def wino():
-        m = c_winograd.tile(out_hw, alloc.esize)
+    def wino_m(m: int) -> list[str]:
+        alloc.stack = max(alloc.stack, c_winograd.stack(m, alloc.esize))
         n_u, n_vm = c_winograd.scratch(c, o, out_hw, MR, m)
         return [c_winograd.call(c, o, in_hw, out_hw, q, src, wp, bias, relu, alloc(n_u), alloc(n_vm), m)]
+
+    def wino() -> list[str]:  # F(4x4) or F(2x2), by the sizes (at run time for symbolic ones)
+        m = c_winograd.tile(out_hw, alloc.esize)
+        return wino_m(m) if isinstance(m, int) else _either(alloc, cond(m), lambda: wino_m(4), lambda: wino_m(2))
 
     return _or_winograd(alloc, c_winograd.use_winograd(c, o, out_hw, k, alloc.esize), wino,
                         lambda: _direct_s1(alloc, src, c, o, in_hw, out_hw, k, q, wp, bias, relu))
 
 
+def _either(alloc: Scratch, c, then, other) -> list[str]:
+    """Steps of then() where the condition c (bool or C text) holds, else of other(); both lay
+    out their scratch from the same offset (one of the two runs)."""
+    if isinstance(c, bool):
+        return then() if c else other()
+    start = alloc.used
+    then_steps = then()
+    then_end, alloc.used = alloc.used, start
+    other_steps = other()
+    alloc.used = smax(alloc.used, then_end)
+    return choose(c, then_steps, other_steps)
+
+
 def _or_winograd(alloc: Scratch, use, wino, direct, on: str = "WINO_ON") -> list[str]:
     """Steps of wino() where the Winograd rule ``use`` (bool or SymPy condition) and the C macro
-    ``on`` hold (0 with -DUNETC_NO_WINOGRAD), else of direct(); both lay out their scratch from
-    the same offset (one of the two runs)."""
+    ``on`` hold (0 with -DUNETC_NO_WINOGRAD), else of direct()."""
     use = cond(use)
     if use is False:
         return direct()
-    start = alloc.used
-    wino_steps = wino()
-    wino_end, alloc.used = alloc.used, start
-    direct_steps = direct()
-    alloc.used = smax(alloc.used, wino_end)
-    return choose(f"({on})" if use is True else f"({on} && {use})", wino_steps, direct_steps)
+    return _either(alloc, f"({on})" if use is True else f"({on} && {use})", wino, direct)
 
 
 def _wgrad_conv_s1(alloc: Scratch, c: int, o: int, in_hw, out_hw, k: int, p: int) -> list[str]:

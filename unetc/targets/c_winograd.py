@@ -30,6 +30,8 @@ run time or when the C is compiled with -DUNETC_NO_WINOGRAD (both paths always c
 """
 from __future__ import annotations
 
+import sympy
+
 from .c_sizes import cx, is_const, rup
 
 ENABLED = True  # False: never emit Winograd (tests compare both paths)
@@ -37,13 +39,14 @@ TBS = 256  # output tiles per super-block of the weight gradient (WINO2_WGRAD: 1
 # transformed elements, shared by the threads; 128 measured the same at base_c 64, 128x128), or an
 # eighth of the layer's tiles (a power of 2, at least 32) when fewer: then the transforms take
 # half the scratch of x and dy themselves (base_c 64, 32x32 up1_1: 1.3 instead of 3.5 MB)
-TB = 32  # tiles (2 x 2 outputs) per block: the GEMM image width (a multiple of 2 vectors everywhere);
+TB = 32  # tiles (M x M outputs) per block: the GEMM image width (a multiple of 2 vectors everywhere);
 # also the weight gradient's transform task (a run of TB tiles) and its smallest super-block
 WGRAD_STACK = 2 * 2 * TB * 4 * 64  # stack bytes of wino2_dy: two rows of a TB-tile run x a panel of
 # at most 4 vectors of 64 bytes
 SLOTS = 8  # scratch blocks: at most this many threads run one layer's blocks; a layer of few
-# blocks gets one slot per 8 blocks (at least 2): base_c 64 at 32x32 (8 blocks) then takes 0.8
-# instead of 3.1 MB of slots, 64x64 (32 blocks) 4 slots; 2 threads still have a slot each
+# blocks gets one slot per 8 blocks (at least 2): base_c 64 at 32x32 (F(2x2): 8 blocks) then
+# takes 0.8 instead of 3.1 MB of slots, 128x128 (F(4x4): 32 blocks) 4 slots; 2 threads still have
+# a slot each
 WINO_MIN_C = {4: 16, 8: 32}  # input and output channels (per element size) from which Winograd runs ...
 WINO_MIN_PIXELS = 1024  # ... and output pixels, ...
 WINO_FEW_PIXELS = {4: 4096, 8: 1024}  # ... or these many when min(C, O) < twice WINO_MIN_C: a
@@ -61,7 +64,8 @@ def use_winograd(c: int, o: int, out_hw, k: int, esize: int = 4):
     return ho * wo >= (max(WINO_MIN_PIXELS, WINO_FEW_PIXELS[esize]) if few else WINO_MIN_PIXELS)
 
 
-F4 = True  # False: F(2x2, 3x3) everywhere (tests compare both)
+F4 = True  # False: F(2x2, 3x3) everywhere (tests compare both; 16-channel float32 layers still run
+# Winograd from WINO_FEW_PIXELS, which was measured with F(4x4))
 F4_MIN_PIXELS = {4: 4096, 8: 1024}  # output pixels from which F(4x4, 3x3) replaces F(2x2, 3x3)
 
 WGRAD_MIN_C = {4: 32, 8: 32}  # channels from which the weight gradient runs as Winograd (with
@@ -81,12 +85,22 @@ def use_winograd_wgrad(c: int, o: int, out_hw, k: int, esize: int = 4):
     return ho * wo >= WINO_MIN_PIXELS
 
 
-def tile(out_hw, esize: int = 4) -> int:
+def tile(out_hw, esize: int = 4):
     """The output tile side M of the Winograd F(M x M, 3x3) that runs a layer (where
     :func:`use_winograd` holds) with output sizes out_hw: 4 from F4_MIN_PIXELS[esize] output
-    pixels and for symbolic sizes, else 2."""
-    tiles = _tiles(out_hw, 1)
-    return 4 if F4 and (tiles is None or tiles >= F4_MIN_PIXELS[esize]) else 2
+    pixels, else 2; for symbolic sizes the SymPy condition for 4 (decided at run time)."""
+    if not F4:
+        return 2
+    pixels = _tiles(out_hw, 1)
+    if pixels is None:
+        return sympy.Ge(out_hw[0] * out_hw[1], F4_MIN_PIXELS[esize])
+    return 4 if pixels >= F4_MIN_PIXELS[esize] else 2
+
+
+def stack(m: int, esize: int) -> int:
+    """Stack bytes of WINO2 (m = 2) / WINO4 (m = 4)'s transforms: the padded input rows and their
+    row transforms of a run (wino{m}_input), the larger of it and the output rows (wino{m}_output)."""
+    return esize * max(2 * (m + 2) * (m * TB + 2), m * m * TB)
 
 
 def _tiles(out_hw, m: int = 2) -> int | None:

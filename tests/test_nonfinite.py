@@ -1,6 +1,7 @@
 """±Inf and NaN inputs: the NumPy and C targets agree element for element on the forward output,
 every parameter gradient and grad_x (issue: junk im2col columns once turned 0 * Inf into extra
-NaNs in the NumPy weight gradients)."""
+NaNs in the NumPy weight gradients; Winograd tiles once spread a NaN in x over whole 4 x 4
+output tiles of the C target's y)."""
 from __future__ import annotations
 
 import dataclasses
@@ -14,13 +15,16 @@ import pytest
 from conftest import EXAMPLES
 from conftest import assert_same_nonfinite as assert_same
 from torch_ref import CONFIG_MATRIX
-from unetc.config import load
+from unetc.config import Config, load
 from unetc.emitter import emit
 
 CC = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
 pytestmark = pytest.mark.skipif(CC is None, reason="no C compiler (CI has one)")
 CASES = {"small": load(EXAMPLES / "small.yaml"), "conv5": CONFIG_MATRIX["conv5"],
-         "pool3_up3": CONFIG_MATRIX["pool3_up3"]}
+         "pool3_up3": CONFIG_MATRIX["pool3_up3"],
+         # Winograd in the C target: F(4x4) and F(2x2) forward and input gradients in float32 (F(4x4)
+         # only in float64), F(2x2) weight gradients (tests/test_c_winograd.py checks which run)
+         "winograd": Config(name="w", in_h=66, in_w=70, in_c=3, out_c=2, base_c=32)}
 TOL = {"float64": 1e-12, "float32": 1e-5}
 
 
@@ -54,7 +58,7 @@ def targets(tmp_path_factory):
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("case", sorted(CASES))
-@pytest.mark.parametrize("poison", ["inf_corner", "minus_inf", "nan", "mixed"])
+@pytest.mark.parametrize("poison", ["inf_corner", "minus_inf", "nan", "nan_inside", "mixed"])
 def test_targets_agree_on_nonfinite_inputs(targets, case, dtype, poison):
     np_mod, c_mod = targets[(case, dtype)]
     rng = np.random.default_rng(5)
@@ -67,6 +71,8 @@ def test_targets_agree_on_nonfinite_inputs(targets, case, dtype, poison):
         x[-1, x.shape[1] // 2, -1] = -np.inf
     elif poison == "nan":
         x[0, 1, 1] = np.nan
+    elif poison == "nan_inside":  # away from the edges: its Winograd tile is one of the image's
+        x[0, 5, 7] = np.nan
     else:
         x[rng.random(x.shape) < 0.05] = np.inf
         x[rng.random(x.shape) < 0.05] = -np.inf

@@ -101,5 +101,9 @@ def choose(c, then: list[str], other: list[str]) -> list[str]:
     c = cond(c)
     if isinstance(c, bool):
         return then if c else other
-    body = lambda steps: " ".join(f"{s};" for s in steps)  # noqa: E731
-    return [f"if {c} {{ {body(then)} }} else {{ {body(other)} }}"]
+    return [f"if {c} {{ {statements(then)} }} else {{ {statements(other)} }}"]
+
+
+def statements(steps: list[str]) -> str:
+    """Kernel steps as one line of C statements."""
+    return " ".join(f"{s};" for s in steps)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from . import c_winograd
 from .c_plan import Phase
-from .c_sizes import choose, cond, cx, is_const, numel, rup, sfloordiv, smax, smin
+from .c_sizes import choose, cond, cx, is_const, numel, rup, sfloordiv, smax, smin, statements
 from ..specialize import Specialized, var
 
 MR = 8  # output channels per register block of CONV_S1 (templates/c_kernels.j2)
@@ -82,26 +82,36 @@ def _conv_s1(alloc: Scratch, src: str, c: int, o: int, in_hw, out_hw, k: int, q:
                         lambda: _direct_s1(alloc, src, c, o, in_hw, out_hw, k, q, wp, bias, relu))
 
 
+def _overlaid(alloc: Scratch, first, second) -> tuple[list[str], list[str]]:
+    """The steps of first() and of second(), their scratch laid out from the same offset (they
+    never hold scratch at the same time)."""
+    start = alloc.used
+    first_steps = first()
+    first_end, alloc.used = alloc.used, start
+    second_steps = second()
+    alloc.used = smax(alloc.used, first_end)
+    return first_steps, second_steps
+
+
 def _either(alloc: Scratch, c, then, other) -> list[str]:
-    """Steps of then() where the condition c (bool or C text) holds, else of other(); both lay
-    out their scratch from the same offset (one of the two runs)."""
+    """Steps of then() where the condition c (bool or C text) holds, else of other()."""
     if isinstance(c, bool):
         return then() if c else other()
-    start = alloc.used
-    then_steps = then()
-    then_end, alloc.used = alloc.used, start
-    other_steps = other()
-    alloc.used = smax(alloc.used, then_end)
-    return choose(c, then_steps, other_steps)
+    return choose(c, *_overlaid(alloc, then, other))
 
 
 def _or_winograd(alloc: Scratch, use, wino, direct, on: str = "WINO_ON") -> list[str]:
     """Steps of wino() where the Winograd rule ``use`` (bool or SymPy condition) and the C macro
-    ``on`` hold (0 with -DUNETC_NO_WINOGRAD), else of direct()."""
+    ``on`` hold (0 with -DUNETC_NO_WINOGRAD), then of direct() unless wino() ran and left its
+    flag c_winograd.BAD at 0 (a non-finite result: direct convolution gives each output exactly
+    the inputs of its window, as PyTorch does)."""
     use = cond(use)
     if use is False:
         return direct()
-    return _either(alloc, f"({on})" if use is True else f"({on} && {use})", wino, direct)
+    wino_steps, direct_steps = _overlaid(alloc, wino, direct)
+    run = f"({on})" if use is True else f"({on} && {use})"
+    bad = c_winograd.BAD
+    return [f"{{ int {bad} = 1; if {run} {{ {statements(wino_steps)} }} if ({bad}) {{ {statements(direct_steps)} }} }}"]
 
 
 def _wgrad_conv_s1(alloc: Scratch, c: int, o: int, in_hw, out_hw, k: int, p: int) -> list[str]:

@@ -25,7 +25,12 @@ float64 C=64 32x32 1.86/1.24/1.00, C=32 32x32 0.47/0.43/0.37, C=128 16x16 1.83/1
 threads the same order (float32 C=32 128x128 2.58/2.51/1.62, C=64 32x32 0.56/0.48/0.50).
 
 Every Winograd layer also carries the direct convolution, taken when the pixel rule fails at
-run time or when the C is compiled with -DUNETC_NO_WINOGRAD (both paths always compile);
+run time, when the C is compiled with -DUNETC_NO_WINOGRAD (both paths always compile), and after
+a Winograd call whose result holds an Inf or NaN (before relu): a tile mixes its whole input
+into each of its outputs, so one NaN in a layer's input would turn a whole tile (4 x 4 outputs,
+6 x 6 windows) into NaN where PyTorch and direct convolution give NaN only to the outputs whose
+3x3 window holds it. The check costs one compare per output in the output transform (and a
+scan of the 9 C O weight-gradient entries); finite data never pays the direct rerun.
 ``ENABLED = False`` emits direct convolution only.
 """
 from __future__ import annotations
@@ -34,6 +39,7 @@ import sympy
 
 from .c_sizes import cx, is_const, rup
 
+BAD = "wino_bad"  # the int a Winograd call sets to 1 on a non-finite result (the layer then runs direct)
 ENABLED = True  # False: never emit Winograd (tests compare both paths)
 TBS = 256  # output tiles per super-block of the weight gradient (WINO2_WGRAD: 16 (C + O) TBS
 # transformed elements, shared by the threads; 128 measured the same at base_c 64, 128x128), or an
@@ -135,7 +141,7 @@ def call(c: int, o: int, in_hw, out_hw, q: int, src: str, wp: str, bias: str, re
     and vm (:func:`scratch`)."""
     (h, w), (ho, wo) = in_hw, out_hw
     sizes = ", ".join(cx(v) for v in (c, o, h, w, q, ho, wo, TB))
-    return f"WINO{m}({sizes}, {src}, {wp}, {bias}, {int(relu)}, {u}, {vm}, {slots(out_hw, m)}, out)"
+    return f"WINO{m}({sizes}, {src}, {wp}, {bias}, {int(relu)}, {u}, {vm}, {slots(out_hw, m)}, out, {BAD})"
 
 
 def wgrad_tbs(out_hw) -> int:
@@ -159,4 +165,4 @@ def wgrad_call(c: int, o: int, in_hw, out_hw, q: int, x: str, dy: str, vb: str, 
     (o, out_hw) by WINO2_WGRAD, its scratch at vb, zb, du (:func:`wgrad_scratch`)."""
     (h, w), (ho, wo) = in_hw, out_hw
     sizes = ", ".join(cx(v) for v in (c, o, h, w, q, ho, wo, wgrad_tbs(out_hw), TB))
-    return f"WINO2_WGRAD({sizes}, {x}, {dy}, {vb}, {zb}, {du}, out)"
+    return f"WINO2_WGRAD({sizes}, {x}, {dy}, {vb}, {zb}, {du}, out, {BAD})"

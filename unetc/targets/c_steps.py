@@ -63,23 +63,40 @@ def _padded(alloc: Scratch, src: str, c: int, h, w, q: int) -> tuple[list[str], 
 
 
 def _conv_s1(alloc: Scratch, src: str, c: int, o: int, in_hw, out_hw, k: int, q: int,
-             wp: str, bias: str, relu: bool) -> list[str]:
+             pack, bias: str, relu: bool) -> list[str]:
     """Steps of out (o, out_hw) = bias + stride-1 correlation of src (c, in_hw) zero-padded by q
-    with the packed weights wp (then relu): Winograd (:mod:`.c_winograd`) where its rule holds
-    (at run time for symbolic sizes, and unless compiled with -DUNETC_NO_WINOGRAD), else
-    _direct_s1; a Winograd layer also carries the direct steps, their scratch overlaying
-    Winograd's (one of the two runs)."""
+    with the weights that pack(dst) (C text of a PACK step) packs into dst (then relu): Winograd
+    (:mod:`.c_winograd`) where its rule holds (at run time for symbolic sizes, and unless
+    compiled with -DUNETC_NO_WINOGRAD), else _direct_s1; a Winograd layer also carries the
+    direct steps (they run after a non-finite Winograd result), their scratch overlaying
+    Winograd's. Winograd's thread slots overlay the packed weights (dead once transformed)."""
+    def direct() -> list[str]:
+        wp = alloc(_packed(o, c, k))
+        return [pack(wp)] + _direct_s1(alloc, src, c, o, in_hw, out_hw, k, q, wp, bias, relu)
+
     def wino_m(m: int) -> list[str]:
         alloc.stack = max(alloc.stack, c_winograd.stack(m, alloc.esize))
         n_u, n_vm = c_winograd.scratch(c, o, out_hw, MR, m)
-        return [c_winograd.call(c, o, in_hw, out_hw, q, src, wp, bias, relu, alloc(n_u), alloc(n_vm), m)]
+        u = alloc(n_u)
+        wp, vm = _overlay(alloc, _packed(o, c, k), n_vm)
+        return [pack(wp), c_winograd.call(c, o, in_hw, out_hw, q, src, wp, bias, relu, u, vm, m)]
 
     def wino() -> list[str]:  # F(4x4) or F(2x2), by the sizes (at run time for symbolic ones)
         m = c_winograd.tile(out_hw, alloc.esize)
         return wino_m(m) if isinstance(m, int) else _either(alloc, cond(m), lambda: wino_m(4), lambda: wino_m(2))
 
-    return _or_winograd(alloc, c_winograd.use_winograd(c, o, out_hw, k, alloc.esize), wino,
-                        lambda: _direct_s1(alloc, src, c, o, in_hw, out_hw, k, q, wp, bias, relu))
+    return _or_winograd(alloc, c_winograd.use_winograd(c, o, out_hw, k, alloc.esize), wino, direct)
+
+
+def _overlay(alloc: Scratch, *sizes) -> list[str]:
+    """Scratch regions of the given element counts, all at the same offset (never live at once)."""
+    start, regions, ends = alloc.used, [], []
+    for n in sizes:
+        alloc.used = start
+        regions.append(alloc(n))
+        ends.append(alloc.used)
+    alloc.used = smax(*ends)
+    return regions
 
 
 def _overlaid(alloc: Scratch, first, second) -> tuple[list[str], list[str]]:
@@ -243,17 +260,15 @@ def conv_steps(op, sp: Specialized, esize: int, relu: bool = False,
     if op.kind == "conv2d":
         (c, h, w), (o, ho, wo) = sh[op.inputs[0]], sh[op.output]
         if s == 1:
-            wp = alloc(_packed(o, c, k))
-            steps.append(f"PACK({o}, {c}, {k}, w, 0, {c * kk}, {kk}, {k}, 1, {wp})")
-            steps += _conv_s1(alloc, "x", c, o, (h, w), (ho, wo), k, p, wp, "b", relu)
+            pack = lambda wp: f"PACK({o}, {c}, {k}, w, 0, {c * kk}, {kk}, {k}, 1, {wp})"  # noqa: E731
+            steps += _conv_s1(alloc, "x", c, o, (h, w), (ho, wo), k, p, pack, "b", relu)
         else:
             steps += _gather(alloc, "x", c, o, k, s, p, (h, w), (ho, wo), "b", relu)
     elif op.kind == "conv2d_grad_input":
         (o, ho, wo), (c, h, w) = sh[op.inputs[0]], sh[op.output]
         if s == 1 and p <= k - 1:  # a stride-1 correlation with the rotated, transposed weight
-            wp = alloc(_packed(c, o, k))
-            steps.append(f"PACK({c}, {o}, {k}, w, {(k - 1) * k + k - 1}, {kk}, {c * kk}, {-k}, -1, {wp})")
-            steps += _conv_s1(alloc, "dy", o, c, (ho, wo), (h, w), k, k - 1 - p, wp, "NO_BIAS", False)
+            pack = lambda wp: f"PACK({c}, {o}, {k}, w, {(k - 1) * k + k - 1}, {kk}, {c * kk}, {-k}, -1, {wp})"  # noqa: E731
+            steps += _conv_s1(alloc, "dy", o, c, (ho, wo), (h, w), k, k - 1 - p, pack, "NO_BIAS", False)
         else:
             steps += _scatter(alloc, "dy", o, c, k, s, p, (ho, wo), (h, w), "NO_BIAS")
     elif op.kind == "conv2d_grad_weight":

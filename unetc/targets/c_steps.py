@@ -78,7 +78,7 @@ def _conv_s1(alloc: Scratch, src: str, c: int, o: int, in_hw, out_hw, k: int, q:
         alloc.stack = max(alloc.stack, c_winograd.stack(m, alloc.esize))
         n_u, n_vm = c_winograd.scratch(c, o, out_hw, MR, m)
         u = alloc(n_u)
-        wp, vm = _overlay(alloc, _packed(o, c, k), n_vm)
+        wp, vm = _overlaid(alloc, lambda: alloc(_packed(o, c, k)), lambda: alloc(n_vm))
         return [pack(wp), c_winograd.call(c, o, in_hw, out_hw, q, src, wp, bias, relu, u, vm, m)]
 
     def wino() -> list[str]:  # F(4x4) or F(2x2), by the sizes (at run time for symbolic ones)
@@ -88,26 +88,16 @@ def _conv_s1(alloc: Scratch, src: str, c: int, o: int, in_hw, out_hw, k: int, q:
     return _or_winograd(alloc, c_winograd.use_winograd(c, o, out_hw, k, alloc.esize), wino, direct)
 
 
-def _overlay(alloc: Scratch, *sizes) -> list[str]:
-    """Scratch regions of the given element counts, all at the same offset (never live at once)."""
-    start, regions, ends = alloc.used, [], []
-    for n in sizes:
+def _overlaid(alloc: Scratch, *makers) -> list:
+    """What each maker() returns (steps, or a scratch region), the scratch of each laid out from
+    the same offset (they never hold scratch at the same time)."""
+    start, results, ends = alloc.used, [], []
+    for make in makers:
         alloc.used = start
-        regions.append(alloc(n))
+        results.append(make())
         ends.append(alloc.used)
     alloc.used = smax(*ends)
-    return regions
-
-
-def _overlaid(alloc: Scratch, first, second) -> tuple[list[str], list[str]]:
-    """The steps of first() and of second(), their scratch laid out from the same offset (they
-    never hold scratch at the same time)."""
-    start = alloc.used
-    first_steps = first()
-    first_end, alloc.used = alloc.used, start
-    second_steps = second()
-    alloc.used = smax(alloc.used, first_end)
-    return first_steps, second_steps
+    return results
 
 
 def _either(alloc: Scratch, c, then, other) -> list[str]:

@@ -22,18 +22,18 @@ from unetc.emitter import write_all
 from unetc.specialize import specialize
 from unetc.targets import c_target, c_winograd
 
-
-def calls(src: str, kernel: str, first: str = r"\d") -> int:
-    """Calls of the macro kernel in C source src whose arguments start with first (a regex; by
-    default any literal: the definitions start with a parameter name)."""
-    return len(re.findall(rf"\b{kernel}\({first}", src))
-
 CC = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
 pytestmark = pytest.mark.skipif(CC is None, reason="no C compiler (CI has one)")
 TOL = {"float64": 1e-10, "float32": 1e-4}
 FAST = "-O1 -march=native -fopenmp -std=c99"  # compiles ~2.5x faster than the default -O3
 # 66 x 70: 32 and 64 channels at 66x70 and 33x35 (odd: the last tile row / column is half outside)
 BASE = dict(in_c=3, out_c=2, base_c=32)
+
+
+def calls(src: str, kernel: str, first: str = r"\d") -> int:
+    """Calls of the macro kernel in C source src whose arguments start with first (a regex; by
+    default any literal: the definitions start with a parameter name)."""
+    return len(re.findall(rf"\b{kernel}\({first}", src))
 
 
 def wino_cfg(dtype: str, poly: bool = False) -> Config:

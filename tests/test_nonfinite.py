@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(CC is None, reason="no C compiler (CI has one)")
 CASES = {"small": load(EXAMPLES / "small.yaml"), "conv5": CONFIG_MATRIX["conv5"],
          "pool3_up3": CONFIG_MATRIX["pool3_up3"],
          # Winograd in the C target: F(4x4) and F(2x2) forward and input gradients in float32 (F(4x4)
-         # only in float64), F(2x2) weight gradients (tests/test_c_winograd.py checks which run)
+         # only in float64), F(2x2) weight gradients (the test checks the build's tuning string)
          "winograd": Config(name="w", in_h=66, in_w=70, in_c=3, out_c=2, base_c=32)}
 TOL = {"float64": 1e-12, "float32": 1e-5}
 
@@ -61,6 +61,8 @@ def targets(tmp_path_factory):
 @pytest.mark.parametrize("poison", ["inf_corner", "minus_inf", "nan", "nan_inside", "mixed"])
 def test_targets_agree_on_nonfinite_inputs(targets, case, dtype, poison):
     np_mod, c_mod = targets[(case, dtype)]
+    if case == "winograd":
+        assert "F(2x2, 3x3) and F(4x4, 3x3)" in c_mod.tuning()
     rng = np.random.default_rng(5)
     params = np_mod.init_params(1)
     x = rng.standard_normal(np_mod.IN_SHAPE).astype(np_mod.DTYPE)

@@ -63,13 +63,17 @@ def _padded(alloc: Scratch, src: str, c: int, h, w, q: int) -> tuple[list[str], 
 
 
 def _conv_s1(alloc: Scratch, src: str, c: int, o: int, in_hw, out_hw, k: int, q: int,
-             pack, bias: str, relu: bool) -> list[str]:
+             w_layout: str, bias: str, relu: bool) -> list[str]:
     """Steps of out (o, out_hw) = bias + stride-1 correlation of src (c, in_hw) zero-padded by q
-    with the weights that pack(dst) (C text of a PACK step) packs into dst (then relu): Winograd
+    with the weights PACK reads as w_layout (its arguments after O, C, K: the array, the first
+    entry and the strides), packed into scratch (then relu): Winograd
     (:mod:`.c_winograd`) where its rule holds (at run time for symbolic sizes, and unless
     compiled with -DUNETC_NO_WINOGRAD), else _direct_s1; a Winograd layer also carries the
     direct steps (they run after a non-finite Winograd result), their scratch overlaying
     Winograd's. Winograd's thread slots overlay the packed weights (dead once transformed)."""
+    def pack(wp: str) -> str:
+        return f"PACK({o}, {c}, {k}, {w_layout}, {wp})"
+
     def direct() -> list[str]:
         wp = alloc(_packed(o, c, k))
         return [pack(wp)] + _direct_s1(alloc, src, c, o, in_hw, out_hw, k, q, wp, bias, relu)
@@ -250,15 +254,14 @@ def conv_steps(op, sp: Specialized, esize: int, relu: bool = False,
     if op.kind == "conv2d":
         (c, h, w), (o, ho, wo) = sh[op.inputs[0]], sh[op.output]
         if s == 1:
-            pack = lambda wp: f"PACK({o}, {c}, {k}, w, 0, {c * kk}, {kk}, {k}, 1, {wp})"  # noqa: E731
-            steps += _conv_s1(alloc, "x", c, o, (h, w), (ho, wo), k, p, pack, "b", relu)
+            steps += _conv_s1(alloc, "x", c, o, (h, w), (ho, wo), k, p, f"w, 0, {c * kk}, {kk}, {k}, 1", "b", relu)
         else:
             steps += _gather(alloc, "x", c, o, k, s, p, (h, w), (ho, wo), "b", relu)
     elif op.kind == "conv2d_grad_input":
         (o, ho, wo), (c, h, w) = sh[op.inputs[0]], sh[op.output]
         if s == 1 and p <= k - 1:  # a stride-1 correlation with the rotated, transposed weight
-            pack = lambda wp: f"PACK({c}, {o}, {k}, w, {(k - 1) * k + k - 1}, {kk}, {c * kk}, {-k}, -1, {wp})"  # noqa: E731
-            steps += _conv_s1(alloc, "dy", o, c, (ho, wo), (h, w), k, k - 1 - p, pack, "NO_BIAS", False)
+            rotated = f"w, {(k - 1) * k + k - 1}, {kk}, {c * kk}, {-k}, -1"
+            steps += _conv_s1(alloc, "dy", o, c, (ho, wo), (h, w), k, k - 1 - p, rotated, "NO_BIAS", False)
         else:
             steps += _scatter(alloc, "dy", o, c, k, s, p, (ho, wo), (h, w), "NO_BIAS")
     elif op.kind == "conv2d_grad_weight":
